@@ -1,0 +1,15 @@
+//! Baton's wire API: the generated gRPC code (`v1`), the product's limits and the wire constants, each named
+//! once here so the server, the client and the tests agree.
+
+pub mod v1 {
+    tonic::include_proto!("baton.v1");
+}
+
+pub mod limits;
+
+/// Metadata key carrying the session token, as `Bearer <token>`.
+pub const AUTHORIZATION: &str = "authorization";
+/// Metadata set by a follower on UNAVAILABLE: the leader's client address (`HOST:PORT`).
+pub const LEADER_HINT: &str = "baton-leader";
+/// Metadata set by a follower on UNAVAILABLE: the leader's node id.
+pub const LEADER_ID_HINT: &str = "baton-leader-id";

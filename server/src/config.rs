@@ -1,0 +1,202 @@
+//! One `Config` for the server: built-in defaults, then an optional TOML file, then command-line flags (and
+//! their environment variables), each overriding the one before; `validate` checks the result once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Command-line flags. Every field is optional so that a flag not given leaves the file's value in place.
+#[derive(Debug, Parser, Default)]
+#[command(name = "baton-server", version, about = "Baton chat server")]
+pub struct Flags {
+    /// This server's node id (a positive integer, unique in the cluster).
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// Address to serve gRPC on, e.g. 127.0.0.1:7001 (port 0 picks a free port).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Directory holding this server's database `chat_<id>.db` (default: the platform's data dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// TOML configuration file; flags override its values.
+    #[arg(long, env = "BATON_SERVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// SQLite durability: `full` (default: an acknowledged write survives power loss) or `normal`.
+    #[arg(long)]
+    pub sync: Option<SyncMode>,
+    /// How long a session token stays valid, in seconds.
+    #[arg(long)]
+    pub session_ttl_secs: Option<u64>,
+    /// Write a line `listening on HOST:PORT` to standard output once serving (for scripts and tests).
+    #[arg(long)]
+    pub print_address: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    Full,
+    Normal,
+}
+
+/// The TOML file: the same settings as the flags, by the same names with `_`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub id: Option<u64>,
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub sync: Option<SyncMode>,
+    pub session_ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub id: u64,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub sync: SyncMode,
+    pub session_ttl_ms: i64,
+    pub print_address: bool,
+    /// Most client writes folded into one transaction.
+    pub max_batch: usize,
+}
+
+pub const DEFAULT_SESSION_TTL_SECS: u64 = 30 * 24 * 3600;
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7001";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Merges defaults, the file named by `--config` (if any) and the flags.
+    pub fn load(flags: Flags) -> Result<Config, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let id = flags.id.or(file.id).unwrap_or(1);
+        let data_dir = match flags.data_dir.or(file.data_dir) {
+            Some(dir) => dir,
+            None => default_data_dir()?,
+        };
+        let config = Config {
+            id,
+            listen: flags
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default address")),
+            data_dir,
+            sync: flags.sync.or(file.sync).unwrap_or(SyncMode::Full),
+            session_ttl_ms: flags
+                .session_ttl_secs
+                .or(file.session_ttl_secs)
+                .unwrap_or(DEFAULT_SESSION_TTL_SECS)
+                .saturating_mul(1000)
+                .min(i64::MAX as u64) as i64,
+            print_address: flags.print_address,
+            max_batch: 512,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 || self.id > i64::MAX as u64 {
+            return Err(ConfigError::Invalid(
+                "--id must be a positive integer".into(),
+            ));
+        }
+        if self.session_ttl_ms <= 0 {
+            return Err(ConfigError::Invalid(
+                "--session-ttl-secs must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join(format!("chat_{}.db", self.id))
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+fn default_data_dir() -> Result<PathBuf, ConfigError> {
+    directories::ProjectDirs::from("", "", "baton")
+        .map(|d| d.data_dir().join("server"))
+        .ok_or_else(|| ConfigError::Invalid("no home directory found: pass --data-dir".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.toml");
+        std::fs::write(
+            &path,
+            "id = 3\nlisten = \"127.0.0.1:9000\"\nsession_ttl_secs = 60\nsync = \"normal\"\n",
+        )
+        .unwrap();
+        let flags = Flags {
+            config: Some(path),
+            id: Some(5),
+            data_dir: Some(dir.path().into()),
+            ..Flags::default()
+        };
+        let c = Config::load(flags).unwrap();
+        assert_eq!(c.id, 5);
+        assert_eq!(c.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(c.session_ttl_ms, 60_000);
+        assert_eq!(c.sync, SyncMode::Normal);
+        assert_eq!(c.db_path(), dir.path().join("chat_5.db"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "idd = 3\n").unwrap();
+        let err = Config::load(Flags {
+            config: Some(path),
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("idd"), "{err}");
+
+        let err = Config::load(Flags {
+            id: Some(0),
+            data_dir: Some(dir.path().into()),
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("--id"), "{err}");
+    }
+}

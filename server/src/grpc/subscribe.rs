@@ -1,0 +1,204 @@
+//! `Subscribe`: one task per stream. It listens to the live notifications first, then replays what the
+//! client missed from the database, then forwards live events, skipping anything the replay already sent.
+//! A subscriber that falls too far behind the broadcast re-reads from the database instead of losing events.
+
+use std::sync::Arc;
+
+use baton_proto::v1 as pb;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use super::convert;
+use crate::Node;
+use crate::chat::Caller;
+use crate::store::apply::Notification;
+use crate::store::queries;
+
+pub type EventStream = ReceiverStream<Result<pb::Event, Status>>;
+
+/// Events buffered per stream before the task waits for the client.
+const STREAM_BUFFER: usize = 256;
+/// Rows per database read while replaying.
+const REPLAY_PAGE: u32 = 500;
+
+pub fn start(
+    node: Arc<Node>,
+    caller: Caller,
+    since_message: i64,
+    since_deletion: Option<i64>,
+) -> EventStream {
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let events = node.live.subscribe();
+    tokio::spawn(async move {
+        let _online = node.live.go_online(caller.user_id);
+        let mut sub = Subscriber {
+            node,
+            caller,
+            tx,
+            last_message: since_message,
+            last_deletion: 0,
+        };
+        if let Err(status) = sub.run(events, since_deletion).await {
+            let _ = sub.tx.send(Err(status)).await;
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+struct Subscriber {
+    node: Arc<Node>,
+    caller: Caller,
+    tx: mpsc::Sender<Result<pb::Event, Status>>,
+    last_message: i64,
+    last_deletion: i64,
+}
+
+/// Why forwarding stopped without an error for the client.
+struct Gone;
+
+impl Subscriber {
+    async fn run(
+        &mut self,
+        mut events: broadcast::Receiver<Arc<Notification>>,
+        since_deletion: Option<i64>,
+    ) -> Result<(), Status> {
+        let me = self.caller.user_id;
+        let (_, last_deletion) = self
+            .node
+            .readers
+            .run(move |conn| queries::last_ids(conn, me))
+            .await?;
+        // Without since_deletion_id no old deletions are replayed, but later ones are tracked from here.
+        self.last_deletion = since_deletion.unwrap_or(last_deletion);
+        if self.replay().await.is_err() {
+            return Ok(());
+        }
+        let caught_up = pb::Event {
+            kind: Some(pb::event::Kind::CaughtUp(pb::CaughtUp {
+                last_message_id: self.last_message.max(0) as u64,
+                last_deletion_id: self.last_deletion.max(0) as u64,
+            })),
+        };
+        if self.send(caught_up).await.is_err() {
+            return Ok(());
+        }
+        let mut shutdown = self.node.shutdown.clone();
+        loop {
+            let note = tokio::select! {
+                _ = self.tx.closed() => return Ok(()),
+                _ = shutdown.wait_for(|stop| *stop) => {
+                    return Err(Status::unavailable("the server is shutting down; reconnect"));
+                }
+                note = events.recv() => note,
+            };
+            let step = match note {
+                Ok(note) => self.forward(&note).await?,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(
+                        user_id = me,
+                        missed,
+                        "subscriber lagged; replaying from the database"
+                    );
+                    self.replay().await
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            };
+            if step.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn send(&self, event: pb::Event) -> Result<(), Gone> {
+        self.tx.send(Ok(event)).await.map_err(|_| Gone)
+    }
+
+    /// Sends every stored message and tombstone after the last ones sent.
+    async fn replay(&mut self) -> Result<(), Gone> {
+        let me = self.caller.user_id;
+        loop {
+            let since = self.last_message;
+            let page = self
+                .node
+                .readers
+                .run(move |conn| queries::messages_since(conn, me, since, REPLAY_PAGE))
+                .await;
+            let page = match page {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = self.tx.send(Err(e.into())).await;
+                    return Err(Gone);
+                }
+            };
+            let full = page.len() == REPLAY_PAGE as usize;
+            for m in page {
+                self.last_message = m.id;
+                self.send(convert::event_message(m)).await?;
+            }
+            if !full {
+                break;
+            }
+        }
+        loop {
+            let since = self.last_deletion;
+            let page = self
+                .node
+                .readers
+                .run(move |conn| queries::deletions_since(conn, me, since, REPLAY_PAGE))
+                .await;
+            let page = match page {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = self.tx.send(Err(e.into())).await;
+                    return Err(Gone);
+                }
+            };
+            let full = page.len() == REPLAY_PAGE as usize;
+            for d in page {
+                self.last_deletion = d.deletion_id;
+                self.send(convert::event_deletion(d)).await?;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn forward(&mut self, note: &Notification) -> Result<Result<(), Gone>, Status> {
+        let me = self.caller.user_id;
+        match note {
+            Notification::SessionEnded { token_hash } if *token_hash == self.caller.token_hash => {
+                return Err(Status::unauthenticated("logged out"));
+            }
+            Notification::UserDeleted { user_id } if *user_id == me => {
+                return Err(Status::unauthenticated("the account was deleted"));
+            }
+            Notification::Message(m) if m.involves(me) && m.id > self.last_message => {
+                self.last_message = m.id;
+                return Ok(self.send(convert::event_message(m.clone())).await);
+            }
+            Notification::Deleted(ds) => {
+                for d in ds {
+                    let mine = d.sender_id == me || d.recipient_id == me;
+                    if mine && d.deletion_id > self.last_deletion {
+                        self.last_deletion = d.deletion_id;
+                        if self.send(convert::event_deletion(d.clone())).await.is_err() {
+                            return Ok(Err(Gone));
+                        }
+                    }
+                }
+            }
+            Notification::Read { message_ids, .. } if note.concerns(me) => {
+                let event = pb::Event {
+                    kind: Some(pb::event::Kind::Read(pb::ReadReceipt {
+                        message_ids: message_ids.iter().map(|&id| id as u64).collect(),
+                    })),
+                };
+                return Ok(self.send(event).await);
+            }
+            _ => {}
+        }
+        Ok(Ok(()))
+    }
+}

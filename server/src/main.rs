@@ -1,0 +1,49 @@
+//! `baton-server`: parses flags, sets up logging, and runs the server until SIGINT or SIGTERM.
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use baton_server::config::{Config, Flags};
+
+fn main() -> anyhow::Result<()> {
+    let config = match Config::load(Flags::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("baton-server: {e}");
+            std::process::exit(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        baton_server::run(
+            config,
+            listener,
+            baton_server::store::writer::system_clock(),
+            shutdown_signal(),
+        )
+        .await
+        .context("server failed")
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,264 @@
+//! Applying one replicated `Update` to the database. This is the only code that changes chat data: the leader
+//! runs it for the updates it decides, followers for the updates they receive, so every replica that applies
+//! the same sequence holds the same content. The log record format is the protobuf `Update`.
+
+use baton_proto::v1::{Update, update::Op};
+use diesel::prelude::*;
+use prost::Message as _;
+
+use super::models::{DeletedMessage, DeletionView, Message, MessageView, NodeState, Session, User};
+use super::schema::{deleted_messages, messages, sessions, update_log, users};
+use crate::error::{Error, Result};
+
+/// What an applied update means to the live parts of the server (subscribers, the session cache).
+#[derive(Debug, Clone)]
+pub enum Notification {
+    Message(MessageView),
+    Deleted(Vec<DeletionView>),
+    Read {
+        sender_id: i64,
+        recipient_id: i64,
+        message_ids: Vec<i64>,
+    },
+    SessionCreated {
+        token_hash: Vec<u8>,
+        user_id: i64,
+        username: String,
+        expires_at_ms: i64,
+    },
+    SessionEnded {
+        token_hash: Vec<u8>,
+    },
+    UserDeleted {
+        user_id: i64,
+    },
+}
+
+impl Notification {
+    /// Whether a subscriber of `user_id` should hear of this.
+    pub fn concerns(&self, user_id: i64) -> bool {
+        match self {
+            Notification::Message(m) => m.involves(user_id),
+            Notification::Deleted(ds) => ds
+                .iter()
+                .any(|d| d.sender_id == user_id || d.recipient_id == user_id),
+            Notification::Read {
+                sender_id,
+                recipient_id,
+                ..
+            } => *sender_id == user_id || *recipient_id == user_id,
+            Notification::UserDeleted { user_id: u } => *u == user_id,
+            Notification::SessionCreated { .. } | Notification::SessionEnded { .. } => false,
+        }
+    }
+}
+
+pub fn read_state(conn: &mut SqliteConnection) -> Result<NodeState> {
+    use super::schema::node_state::dsl::*;
+    Ok(node_state
+        .find(1)
+        .select(NodeState::as_select())
+        .first(conn)?)
+}
+
+pub fn write_state(conn: &mut SqliteConnection, state: &NodeState) -> Result<()> {
+    use super::schema::node_state::dsl::*;
+    diesel::update(node_state.find(1))
+        .set(state)
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn username(conn: &mut SqliteConnection, user_id: i64) -> Result<String> {
+    users::table
+        .find(user_id)
+        .select(users::username)
+        .first(conn)
+        .optional()?
+        .ok_or_else(|| Error::internal(format!("update names unknown user {user_id}")))
+}
+
+/// Applies `update`, which must be the next one (`seq == state.seq + 1`, epoch not lower), records it in
+/// the log and advances `state`. The caller owns the transaction and writes `state` back before committing.
+pub fn apply(
+    conn: &mut SqliteConnection,
+    state: &mut NodeState,
+    update: &Update,
+    out: &mut Vec<Notification>,
+) -> Result<()> {
+    let (epoch, seq) = (update.epoch as i64, update.seq as i64);
+    if epoch < state.epoch {
+        return Err(Error::FailedPrecondition(format!(
+            "update from epoch {epoch} is older than this replica's epoch {}",
+            state.epoch
+        )));
+    }
+    if seq != state.seq + 1 {
+        return Err(Error::FailedPrecondition(format!(
+            "update seq {seq} does not follow applied seq {}",
+            state.seq
+        )));
+    }
+    let op = update
+        .op
+        .as_ref()
+        .ok_or_else(|| Error::invalid("update without an operation"))?;
+    apply_op(conn, state, op, out)?;
+    diesel::insert_into(update_log::table)
+        .values((
+            update_log::seq.eq(seq),
+            update_log::epoch.eq(epoch),
+            update_log::payload.eq(update.encode_to_vec()),
+        ))
+        .execute(conn)?;
+    state.epoch = epoch;
+    state.seq = seq;
+    Ok(())
+}
+
+fn apply_op(
+    conn: &mut SqliteConnection,
+    state: &mut NodeState,
+    op: &Op,
+    out: &mut Vec<Notification>,
+) -> Result<()> {
+    match op {
+        Op::Noop(_) => {}
+        Op::CreateUser(u) => {
+            diesel::insert_into(users::table)
+                .values(User {
+                    id: u.user_id,
+                    username: u.username.clone(),
+                    password_hash: u.password_hash.clone(),
+                    created_at_ms: u.created_at_ms,
+                })
+                .execute(conn)?;
+            state.next_user_id = state.next_user_id.max(u.user_id + 1);
+        }
+        Op::CreateSession(s) => {
+            diesel::insert_into(sessions::table)
+                .values(Session {
+                    token_hash: s.token_hash.clone(),
+                    user_id: s.user_id,
+                    created_at_ms: s.created_at_ms,
+                    expires_at_ms: s.expires_at_ms,
+                })
+                .execute(conn)?;
+            out.push(Notification::SessionCreated {
+                token_hash: s.token_hash.clone(),
+                user_id: s.user_id,
+                username: username(conn, s.user_id)?,
+                expires_at_ms: s.expires_at_ms,
+            });
+        }
+        Op::DeleteSession(s) => {
+            diesel::delete(sessions::table.find(&s.token_hash)).execute(conn)?;
+            out.push(Notification::SessionEnded {
+                token_hash: s.token_hash.clone(),
+            });
+        }
+        Op::InsertMessage(m) => {
+            let row = Message {
+                id: m.message_id,
+                sender_id: m.sender_id,
+                recipient_id: m.recipient_id,
+                body: m.body.clone(),
+                sent_at_ms: m.sent_at_ms,
+                is_read: false,
+                client_message_id: m.client_message_id.clone(),
+            };
+            diesel::insert_into(messages::table)
+                .values(&row)
+                .execute(conn)?;
+            state.next_message_id = state.next_message_id.max(m.message_id + 1);
+            let sender = username(conn, m.sender_id)?;
+            let recipient = if m.recipient_id == m.sender_id {
+                sender.clone()
+            } else {
+                username(conn, m.recipient_id)?
+            };
+            out.push(Notification::Message(MessageView::new(
+                row, sender, recipient,
+            )));
+        }
+        Op::MarkRead(r) => {
+            let rows: Vec<(i64, i64, i64)> = messages::table
+                .filter(messages::id.eq_any(&r.message_ids))
+                .select((messages::id, messages::sender_id, messages::recipient_id))
+                .order(messages::id)
+                .load(conn)?;
+            diesel::update(messages::table.filter(messages::id.eq_any(&r.message_ids)))
+                .set(messages::is_read.eq(true))
+                .execute(conn)?;
+            // One notification per conversation direction, so each reaches exactly its two parties.
+            let mut groups: Vec<((i64, i64), Vec<i64>)> = Vec::new();
+            for (id, s, rc) in rows {
+                match groups.iter_mut().find(|(k, _)| *k == (s, rc)) {
+                    Some((_, ids)) => ids.push(id),
+                    None => groups.push(((s, rc), vec![id])),
+                }
+            }
+            for ((sender_id, recipient_id), message_ids) in groups {
+                out.push(Notification::Read {
+                    sender_id,
+                    recipient_id,
+                    message_ids,
+                });
+            }
+        }
+        Op::DeleteMessages(d) => {
+            let deleter = username(conn, d.deleted_by)?;
+            let mut views = Vec::with_capacity(d.message_ids.len());
+            for (i, &message_id) in d.message_ids.iter().enumerate() {
+                let m: Message = messages::table
+                    .find(message_id)
+                    .select(Message::as_select())
+                    .first(conn)
+                    .optional()?
+                    .ok_or_else(|| {
+                        Error::FailedPrecondition(format!(
+                            "update deletes message {message_id}, which does not exist"
+                        ))
+                    })?;
+                let tomb = DeletedMessage {
+                    id: d.first_deletion_id + i as i64,
+                    message_id,
+                    sender_id: m.sender_id,
+                    recipient_id: m.recipient_id,
+                    deleted_by: d.deleted_by,
+                    deleted_at_ms: d.deleted_at_ms,
+                };
+                diesel::insert_into(deleted_messages::table)
+                    .values(&tomb)
+                    .execute(conn)?;
+                diesel::delete(messages::table.find(message_id)).execute(conn)?;
+                state.next_deletion_id = state.next_deletion_id.max(tomb.id + 1);
+                views.push(DeletionView {
+                    deletion_id: tomb.id,
+                    message_id,
+                    sender_id: tomb.sender_id,
+                    recipient_id: tomb.recipient_id,
+                    deleted_by: deleter.clone(),
+                    deleted_at_ms: tomb.deleted_at_ms,
+                });
+            }
+            if !views.is_empty() {
+                out.push(Notification::Deleted(views));
+            }
+        }
+        Op::DeleteUser(u) => {
+            let tokens: Vec<Vec<u8>> = sessions::table
+                .filter(sessions::user_id.eq(u.user_id))
+                .select(sessions::token_hash)
+                .load(conn)?;
+            diesel::delete(sessions::table.filter(sessions::user_id.eq(u.user_id)))
+                .execute(conn)?;
+            diesel::delete(users::table.find(u.user_id)).execute(conn)?;
+            for token_hash in tokens {
+                out.push(Notification::SessionEnded { token_hash });
+            }
+            out.push(Notification::UserDeleted { user_id: u.user_id });
+        }
+    }
+    Ok(())
+}
