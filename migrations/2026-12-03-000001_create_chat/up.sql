@@ -49,13 +49,23 @@ CREATE TABLE update_log (
     payload BLOB NOT NULL
 );
 
--- One row: the last applied (epoch, seq) and the id counters, changed in the same transaction as the data.
+-- Cluster membership, replicated: who belongs and who is in sync.
+CREATE TABLE members (
+    id BIGINT PRIMARY KEY NOT NULL,
+    address TEXT NOT NULL,
+    in_sync BOOLEAN NOT NULL
+);
+
+-- One row: the last applied (epoch, seq) and the id counters, changed in the same transaction as the data;
+-- and this node's own promise, never replicated: the highest epoch it has seen (it refuses older ones).
 CREATE TABLE node_state (
     id INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
     epoch BIGINT NOT NULL,
     seq BIGINT NOT NULL,
     next_user_id BIGINT NOT NULL,
     next_message_id BIGINT NOT NULL,
-    next_deletion_id BIGINT NOT NULL
+    next_deletion_id BIGINT NOT NULL,
+    promised_epoch BIGINT NOT NULL
 );
-INSERT INTO node_state (id, epoch, seq, next_user_id, next_message_id, next_deletion_id) VALUES (1, 0, 0, 1, 1, 1);
+INSERT INTO node_state (id, epoch, seq, next_user_id, next_message_id, next_deletion_id, promised_epoch)
+VALUES (1, 0, 0, 1, 1, 1, 0);

@@ -13,3 +13,5 @@ pub const AUTHORIZATION: &str = "authorization";
 pub const LEADER_HINT: &str = "baton-leader";
 /// Metadata set by a follower on UNAVAILABLE: the leader's node id.
 pub const LEADER_ID_HINT: &str = "baton-leader-id";
+/// Metadata carrying the cluster secret on peer RPCs.
+pub const CLUSTER_SECRET: &str = "baton-cluster-secret";

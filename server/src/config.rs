@@ -32,6 +32,49 @@ pub struct Flags {
     /// Write a line `listening on HOST:PORT` to standard output once serving (for scripts and tests).
     #[arg(long)]
     pub print_address: bool,
+    /// The cluster's members as `ID=HOST:PORT,...` (this server included). Without it (and without
+    /// `--join`) the server runs alone as its own leader.
+    #[arg(long, value_delimiter = ',', value_parser = parse_peer)]
+    pub peers: Option<Vec<(u64, String)>>,
+    /// Join a running cluster through any of its members (a brand-new server).
+    #[arg(long)]
+    pub join: Option<String>,
+    /// The address other servers and clients use to reach this one (default: the listen address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// File holding the cluster secret shared by every member (peer RPCs carry it).
+    #[arg(long)]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Refuse writes while fewer than this many followers are in sync.
+    #[arg(long)]
+    pub min_replicas: Option<usize>,
+    /// A follower that does not acknowledge within this time leaves the in-sync set.
+    #[arg(long)]
+    pub replica_timeout_ms: Option<u64>,
+    /// How often followers check the leader (and every node probes its peers).
+    #[arg(long)]
+    pub heartbeat_ms: Option<u64>,
+    /// How long the leader may stay silent before followers elect a new one.
+    #[arg(long)]
+    pub election_timeout_ms: Option<u64>,
+}
+
+fn parse_peer(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("peer {s:?} must look like ID=HOST:PORT"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("peer id {id:?} is not a positive integer"))?;
+    let addr = addr.trim();
+    if addr
+        .rsplit_once(':')
+        .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+    {
+        return Err(format!("peer address {addr:?} must be HOST:PORT"));
+    }
+    Ok((id, addr.to_owned()))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -50,6 +93,27 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub sync: Option<SyncMode>,
     pub session_ttl_secs: Option<u64>,
+    /// `{ "1" = "127.0.0.1:7001", ... }`
+    pub peers: Option<std::collections::BTreeMap<String, String>>,
+    pub join: Option<String>,
+    pub advertise: Option<String>,
+    pub cluster_secret_file: Option<PathBuf>,
+    pub min_replicas: Option<usize>,
+    pub replica_timeout_ms: Option<u64>,
+    pub heartbeat_ms: Option<u64>,
+    pub election_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Configured members (id, peer address), this server included.
+    pub peers: Vec<(u64, String)>,
+    pub join: Option<String>,
+    pub secret: String,
+    pub min_replicas: usize,
+    pub replica_timeout_ms: u64,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -62,7 +126,16 @@ pub struct Config {
     pub print_address: bool,
     /// Most client writes folded into one transaction.
     pub max_batch: usize,
+    /// The address others use to reach this server; None: the bound listen address.
+    pub advertise: Option<String>,
+    /// None: a single server, its own leader.
+    pub cluster: Option<ClusterConfig>,
 }
+
+/// Environment variable holding the cluster secret (instead of a file).
+pub const SECRET_ENV: &str = "BATON_CLUSTER_SECRET";
+/// Shortest cluster secret accepted.
+pub const SECRET_MIN_BYTES: usize = 16;
 
 pub const DEFAULT_SESSION_TTL_SECS: u64 = 30 * 24 * 3600;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7001";
@@ -95,6 +168,49 @@ impl Config {
             Some(dir) => dir,
             None => default_data_dir()?,
         };
+        let peers = match (flags.peers, file.peers) {
+            (Some(p), _) => p,
+            (None, Some(map)) => map
+                .into_iter()
+                .map(|(id, addr)| parse_peer(&format!("{id}={addr}")))
+                .collect::<Result<_, _>>()
+                .map_err(ConfigError::Invalid)?,
+            (None, None) => Vec::new(),
+        };
+        let join = flags.join.or(file.join);
+        let cluster = if peers.is_empty() && join.is_none() {
+            None
+        } else {
+            let secret = match std::env::var(SECRET_ENV) {
+                Ok(s) if !s.trim().is_empty() => s.trim().to_owned(),
+                _ => match flags.cluster_secret_file.or(file.cluster_secret_file) {
+                    Some(path) => std::fs::read_to_string(&path)
+                        .map_err(|source| ConfigError::Read { path, source })?
+                        .trim()
+                        .to_owned(),
+                    None => {
+                        return Err(ConfigError::Invalid(format!(
+                            "a cluster needs a shared secret: pass --cluster-secret-file FILE or set {SECRET_ENV}"
+                        )));
+                    }
+                },
+            };
+            Some(ClusterConfig {
+                peers,
+                join,
+                secret,
+                min_replicas: flags.min_replicas.or(file.min_replicas).unwrap_or(0),
+                replica_timeout_ms: flags
+                    .replica_timeout_ms
+                    .or(file.replica_timeout_ms)
+                    .unwrap_or(1000),
+                heartbeat_ms: flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100),
+                election_timeout_ms: flags
+                    .election_timeout_ms
+                    .or(file.election_timeout_ms)
+                    .unwrap_or(500),
+            })
+        };
         let config = Config {
             id,
             listen: flags
@@ -111,16 +227,56 @@ impl Config {
                 .min(i64::MAX as u64) as i64,
             print_address: flags.print_address,
             max_batch: 512,
+            advertise: flags.advertise.or(file.advertise),
+            cluster,
         };
         config.validate()?;
         Ok(config)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.id == 0 || self.id > i64::MAX as u64 {
-            return Err(ConfigError::Invalid(
-                "--id must be a positive integer".into(),
-            ));
+        let max_id = crate::replication::engine::MAX_NODE_ID;
+        if self.id == 0 || self.id > max_id {
+            return Err(ConfigError::Invalid(format!(
+                "--id must be an integer from 1 to {max_id}"
+            )));
+        }
+        if let Some(c) = &self.cluster {
+            if c.secret.len() < SECRET_MIN_BYTES {
+                return Err(ConfigError::Invalid(format!(
+                    "the cluster secret must be at least {SECRET_MIN_BYTES} bytes"
+                )));
+            }
+            let mut ids = std::collections::BTreeSet::new();
+            for (id, _) in &c.peers {
+                if *id == 0 || *id > max_id {
+                    return Err(ConfigError::Invalid(format!(
+                        "peer id {id} must be from 1 to {max_id}"
+                    )));
+                }
+                if !ids.insert(*id) {
+                    return Err(ConfigError::Invalid(format!(
+                        "peer id {id} appears twice in --peers"
+                    )));
+                }
+            }
+            if !c.peers.is_empty() && !ids.contains(&self.id) {
+                return Err(ConfigError::Invalid(format!(
+                    "--peers must include this server (id {})",
+                    self.id
+                )));
+            }
+            if c.heartbeat_ms == 0 || c.election_timeout_ms <= c.heartbeat_ms {
+                return Err(ConfigError::Invalid(
+                    "--election-timeout-ms must be above --heartbeat-ms, which must be at least 1"
+                        .into(),
+                ));
+            }
+            if c.replica_timeout_ms == 0 {
+                return Err(ConfigError::Invalid(
+                    "--replica-timeout-ms must be at least 1".into(),
+                ));
+            }
         }
         if self.session_ttl_ms <= 0 {
             return Err(ConfigError::Invalid(

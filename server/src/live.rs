@@ -6,14 +6,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use baton_proto::v1::Update;
 use diesel::prelude::*;
 use tokio::sync::broadcast;
 
 use crate::error::Result;
 use crate::store::apply::Notification;
 use crate::store::schema::{sessions, users};
-use crate::store::writer::CommitSink;
 
 /// Who a valid bearer token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,11 +138,10 @@ impl Drop for OnlineGuard {
     }
 }
 
-impl CommitSink for Arc<Live> {
-    fn committed(&self, updates: &[Update], notes: Vec<Notification>) {
-        if let Some(last) = updates.last() {
-            self.set_position(last.epoch, last.seq);
-        }
+impl Live {
+    /// Takes in a committed batch's notifications: the session cache changes at once; the rest goes to
+    /// subscribers (when `publish`, i.e. on the leader once the batch is acknowledged).
+    pub fn absorb(&self, notes: Vec<Notification>, publish_events: bool) {
         let mut publish = Vec::new();
         {
             let mut sessions = self.sessions.write().expect("session lock");
@@ -172,6 +169,9 @@ impl CommitSink for Arc<Live> {
                     _ => publish.push(note),
                 }
             }
+        }
+        if !publish_events {
+            return;
         }
         for note in publish {
             // An error only means nobody is subscribed.

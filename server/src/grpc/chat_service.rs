@@ -95,6 +95,7 @@ impl Chat for ChatService {
         &self,
         req: Request<pb::CreateAccountRequest>,
     ) -> Result<Response<pb::Account>, Status> {
+        self.node.replication.check_leader(true)?;
         let pb::CreateAccountRequest { username, password } = req.into_inner();
         limits::check_username(&username).map_err(Error::InvalidArgument)?;
         limits::check_password(&password).map_err(Error::InvalidArgument)?;
@@ -117,6 +118,7 @@ impl Chat for ChatService {
         &self,
         req: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
+        self.node.replication.check_leader(true)?;
         let pb::LoginRequest { username, password } = req.into_inner();
         check_peer_name("username", &username)?;
         if password.chars().count() > limits::PASSWORD_MAX_CHARS {
@@ -160,6 +162,7 @@ impl Chat for ChatService {
         &self,
         req: Request<pb::LogoutRequest>,
     ) -> Result<Response<pb::LogoutResponse>, Status> {
+        self.node.replication.check_leader(true)?;
         let caller = self.caller(&req)?;
         self.node
             .writer
@@ -172,6 +175,7 @@ impl Chat for ChatService {
         &self,
         req: Request<pb::ListAccountsRequest>,
     ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        self.node.replication.check_leader(false)?;
         self.caller(&req)?;
         let r = req.into_inner();
         if r.pattern.len() > limits::PATTERN_MAX_BYTES {
@@ -213,6 +217,7 @@ impl Chat for ChatService {
         &self,
         req: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::Message>, Status> {
+        self.node.replication.check_leader(true)?;
         let caller = self.caller(&req)?;
         let r = req.into_inner();
         check_peer_name("recipient", &r.recipient)?;
@@ -238,6 +243,7 @@ impl Chat for ChatService {
         &self,
         req: Request<pb::ReadMessagesRequest>,
     ) -> Result<Response<pb::ReadMessagesResponse>, Status> {
+        self.node.replication.check_leader(true)?;
         let caller = self.caller(&req)?;
         let r = req.into_inner();
         let limit = chat::check_read_limit(r.limit)?;
@@ -260,6 +266,7 @@ impl Chat for ChatService {
         &self,
         req: Request<pb::ListConversationsRequest>,
     ) -> Result<Response<pb::ListConversationsResponse>, Status> {
+        self.node.replication.check_leader(false)?;
         let caller = self.caller(&req)?;
         let me = caller.user_id;
         let rows = self
@@ -285,6 +292,7 @@ impl Chat for ChatService {
         &self,
         req: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::GetHistoryResponse>, Status> {
+        self.node.replication.check_leader(false)?;
         let caller = self.caller(&req)?;
         let r = req.into_inner();
         check_peer_name("peer", &r.peer)?;
@@ -313,6 +321,7 @@ impl Chat for ChatService {
         &self,
         req: Request<pb::MarkReadRequest>,
     ) -> Result<Response<pb::MarkReadResponse>, Status> {
+        self.node.replication.check_leader(true)?;
         let caller = self.caller(&req)?;
         let r = req.into_inner();
         check_peer_name("peer", &r.peer)?;
@@ -332,6 +341,7 @@ impl Chat for ChatService {
         &self,
         req: Request<pb::DeleteMessagesRequest>,
     ) -> Result<Response<pb::DeleteMessagesResponse>, Status> {
+        self.node.replication.check_leader(true)?;
         let caller = self.caller(&req)?;
         let r = req.into_inner();
         if r.message_ids.is_empty() {
@@ -364,6 +374,7 @@ impl Chat for ChatService {
         &self,
         req: Request<pb::DeleteAccountRequest>,
     ) -> Result<Response<pb::DeleteAccountResponse>, Status> {
+        self.node.replication.check_leader(true)?;
         let caller = self.caller(&req)?;
         let password = req.into_inner().password;
         if password.chars().count() > limits::PASSWORD_MAX_CHARS {
@@ -397,6 +408,7 @@ impl Chat for ChatService {
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        self.node.replication.check_leader(false)?;
         let caller = self.caller(&req)?;
         let r = req.into_inner();
         let since_message = id_from_wire(r.since_message_id).unwrap_or(i64::MAX);

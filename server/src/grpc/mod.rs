@@ -2,4 +2,5 @@
 
 pub mod chat_service;
 pub mod convert;
+pub mod replication_service;
 mod subscribe;

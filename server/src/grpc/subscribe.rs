@@ -84,9 +84,13 @@ impl Subscriber {
             return Ok(());
         }
         let mut shutdown = self.node.shutdown.clone();
+        let mut leading = self.node.replication.leading.subscribe();
         loop {
             let note = tokio::select! {
                 _ = self.tx.closed() => return Ok(()),
+                _ = leading.wait_for(|l| !*l) => {
+                    return Err(self.node.replication.not_leader_status());
+                }
                 _ = shutdown.wait_for(|stop| *stop) => {
                     return Err(Status::unavailable("the server is shutting down; reconnect"));
                 }

@@ -6,8 +6,10 @@ use baton_proto::v1::{Update, update::Op};
 use diesel::prelude::*;
 use prost::Message as _;
 
-use super::models::{DeletedMessage, DeletionView, Message, MessageView, NodeState, Session, User};
-use super::schema::{deleted_messages, messages, sessions, update_log, users};
+use super::models::{
+    DeletedMessage, DeletionView, Member, Message, MessageView, NodeState, Session, User,
+};
+use super::schema::{deleted_messages, members, messages, sessions, update_log, users};
 use crate::error::{Error, Result};
 
 /// What an applied update means to the live parts of the server (subscribers, the session cache).
@@ -32,6 +34,8 @@ pub enum Notification {
     UserDeleted {
         user_id: i64,
     },
+    /// The membership changed (replication reads it from here).
+    Members(Vec<Member>),
 }
 
 impl Notification {
@@ -48,7 +52,9 @@ impl Notification {
                 ..
             } => *sender_id == user_id || *recipient_id == user_id,
             Notification::UserDeleted { user_id: u } => *u == user_id,
-            Notification::SessionCreated { .. } | Notification::SessionEnded { .. } => false,
+            Notification::SessionCreated { .. }
+            | Notification::SessionEnded { .. }
+            | Notification::Members(_) => false,
         }
     }
 }
@@ -67,6 +73,13 @@ pub fn write_state(conn: &mut SqliteConnection, state: &NodeState) -> Result<()>
         .set(state)
         .execute(conn)?;
     Ok(())
+}
+
+pub fn read_members(conn: &mut SqliteConnection) -> Result<Vec<Member>> {
+    Ok(members::table
+        .order(members::id)
+        .select(Member::as_select())
+        .load(conn)?)
 }
 
 pub fn username(conn: &mut SqliteConnection, user_id: i64) -> Result<String> {
@@ -124,6 +137,22 @@ fn apply_op(
 ) -> Result<()> {
     match op {
         Op::Noop(_) => {}
+        Op::SetMembers(m) => {
+            diesel::delete(members::table).execute(conn)?;
+            let rows: Vec<Member> = m
+                .members
+                .iter()
+                .map(|m| Member {
+                    id: m.id as i64,
+                    address: m.address.clone(),
+                    in_sync: m.in_sync,
+                })
+                .collect();
+            diesel::insert_into(members::table)
+                .values(&rows)
+                .execute(conn)?;
+            out.push(Notification::Members(rows));
+        }
         Op::CreateUser(u) => {
             diesel::insert_into(users::table)
                 .values(User {

@@ -2,6 +2,7 @@
 //! single writer thread through which every state change goes.
 
 pub mod apply;
+pub mod digest;
 pub mod models;
 pub mod queries;
 pub mod schema;
@@ -97,4 +98,24 @@ impl Readers {
         .await
         .map_err(|e| Error::internal(format!("reader task: {e}")))?
     }
+}
+
+/// Writes a consistent copy of the database at `db` into `out` (which must not exist), without blocking the
+/// writer: `VACUUM INTO` reads one snapshot of the WAL database.
+pub fn snapshot_to(db: &Path, out: &Path) -> Result<()> {
+    let mut conn = SqliteConnection::establish(&db.to_string_lossy())?;
+    conn.batch_execute(&format!(
+        "PRAGMA busy_timeout = {};",
+        BUSY_TIMEOUT.as_millis()
+    ))?;
+    let quoted = out.to_string_lossy().replace('\'', "''");
+    conn.batch_execute(&format!("VACUUM INTO '{quoted}'"))?;
+    Ok(())
+}
+
+/// The `(epoch, seq)` held by a database file (a snapshot).
+pub fn position_of(path: &Path) -> Result<(i64, i64)> {
+    let mut conn = SqliteConnection::establish(&path.to_string_lossy())?;
+    let s = apply::read_state(&mut conn)?;
+    Ok((s.epoch, s.seq))
 }

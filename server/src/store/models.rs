@@ -2,7 +2,7 @@
 
 use diesel::prelude::*;
 
-use super::schema::{deleted_messages, messages, node_state, sessions, users};
+use super::schema::{deleted_messages, members, messages, node_state, sessions, users};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = users, check_for_backend(diesel::sqlite::Sqlite))]
@@ -55,6 +55,15 @@ pub struct NodeState {
     pub next_user_id: i64,
     pub next_message_id: i64,
     pub next_deletion_id: i64,
+    pub promised_epoch: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = members, check_for_backend(diesel::sqlite::Sqlite))]
+pub struct Member {
+    pub id: i64,
+    pub address: String,
+    pub in_sync: bool,
 }
 
 /// A message with both parties' names, as clients see it.

@@ -258,3 +258,43 @@ pub fn last_ids(conn: &mut SqliteConnection, me: i64) -> Result<(i64, i64)> {
         .first(conn)?;
     Ok((m.unwrap_or(0), d.unwrap_or(0)))
 }
+
+/// Log entries with seq from `from` (inclusive), ascending, at most `limit`.
+pub fn log_from(
+    conn: &mut SqliteConnection,
+    from: i64,
+    limit: u32,
+) -> Result<Vec<baton_proto::v1::Update>> {
+    use super::schema::update_log;
+    use prost::Message as _;
+    let rows: Vec<Vec<u8>> = update_log::table
+        .filter(update_log::seq.ge(from))
+        .order(update_log::seq.asc())
+        .limit(limit as i64)
+        .select(update_log::payload)
+        .load(conn)?;
+    rows.iter()
+        .map(|p| {
+            baton_proto::v1::Update::decode(p.as_slice())
+                .map_err(|e| crate::error::Error::internal(format!("corrupt log entry: {e}")))
+        })
+        .collect()
+}
+
+/// The epoch of the log entry at `seq`, if the log still holds it.
+pub fn log_epoch_at(conn: &mut SqliteConnection, seq: i64) -> Result<Option<i64>> {
+    use super::schema::update_log;
+    Ok(update_log::table
+        .find(seq)
+        .select(update_log::epoch)
+        .first(conn)
+        .optional()?)
+}
+
+/// The lowest seq the log still holds.
+pub fn log_first_seq(conn: &mut SqliteConnection) -> Result<Option<i64>> {
+    use super::schema::update_log;
+    Ok(update_log::table
+        .select(diesel::dsl::min(update_log::seq))
+        .first(conn)?)
+}

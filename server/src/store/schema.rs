@@ -57,6 +57,15 @@ diesel::table! {
         next_user_id -> BigInt,
         next_message_id -> BigInt,
         next_deletion_id -> BigInt,
+        promised_epoch -> BigInt,
+    }
+}
+
+diesel::table! {
+    members (id) {
+        id -> BigInt,
+        address -> Text,
+        in_sync -> Bool,
     }
 }
 
@@ -69,4 +78,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     deleted_messages,
     update_log,
     node_state,
+    members,
 );

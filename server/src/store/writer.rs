@@ -3,9 +3,12 @@
 //! transaction, each inside its own savepoint so one failing request leaves the others intact (group commit:
 //! one fsync per batch). Replies go out only after the commit is durable.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use baton_proto::v1::{Noop, Update, update::Op};
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,9 +28,35 @@ pub fn system_clock() -> Clock {
     })
 }
 
-/// What a committed batch hands to the live parts of the server.
+/// Where a batch goes: replication sees its updates just before the local commit (so followers write
+/// while the leader's own fsync runs) and decides when the callers hear back after it.
 pub trait CommitSink: Send + 'static {
-    fn committed(&self, updates: &[Update], notes: Vec<Notification>);
+    /// The batch's updates, about to be committed locally.
+    fn before_commit(&self, updates: &[Update]);
+    /// The batch is durable here; `done` answers its callers (now, or once followers have it too).
+    fn committed(&self, updates: Vec<Update>, notes: Vec<Notification>, done: Done);
+}
+
+/// The callers of one committed batch, to be answered once.
+pub struct Done(Vec<Finish>);
+
+impl Done {
+    pub fn succeed(self) {
+        for finish in self.0 {
+            finish(Ok(()));
+        }
+    }
+
+    /// Tells the callers their write is not acknowledged (it may still survive: the outcome is unknown).
+    pub fn fail(self, error: &Error) {
+        for finish in self.0 {
+            finish(Err(error));
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// The state of the batch being built, rolled back to a mark when a request's savepoint fails.
@@ -42,6 +71,7 @@ struct Batch {
 pub struct WriteCtx<'a> {
     conn: &'a mut SqliteConnection,
     batch: &'a mut Batch,
+    leader_epoch: &'a AtomicU64,
 }
 
 impl WriteCtx<'_> {
@@ -58,8 +88,14 @@ impl WriteCtx<'_> {
         &self.batch.state
     }
 
-    /// Decides an update at the current epoch and the next seq, and applies it.
+    /// Decides an update at the current epoch and the next seq, and applies it. Only a leader decides, and
+    /// only in the epoch it leads.
     pub fn emit(&mut self, op: Op) -> Result<()> {
+        if self.leader_epoch.load(Ordering::SeqCst) != self.batch.state.epoch as u64 {
+            return Err(Error::Unavailable(
+                "this node is not the leader (or is changing leaders); retry".into(),
+            ));
+        }
         let update = Update {
             epoch: self.batch.state.epoch as u64,
             seq: (self.batch.state.seq + 1) as u64,
@@ -70,6 +106,11 @@ impl WriteCtx<'_> {
 
     /// Starts a new epoch with a no-op update (a new leader's first write).
     pub fn open_epoch(&mut self, epoch: u64) -> Result<()> {
+        if self.leader_epoch.load(Ordering::SeqCst) != epoch {
+            return Err(Error::Unavailable(format!(
+                "not the leader of epoch {epoch}"
+            )));
+        }
         if epoch as i64 <= self.batch.state.epoch {
             return Err(Error::FailedPrecondition(format!(
                 "epoch {epoch} is not above the current epoch {}",
@@ -95,14 +136,26 @@ impl WriteCtx<'_> {
         Ok(())
     }
 
+    /// Records that this node will refuse updates from epochs below `epoch` (kept with the data, not
+    /// replicated).
+    pub fn promise(&mut self, epoch: u64) {
+        let state = &mut self.batch.state;
+        state.promised_epoch = state.promised_epoch.max(epoch as i64);
+    }
+
     /// Runs `f` in a savepoint: on error its changes, updates and notifications are all undone.
     fn savepoint<T>(&mut self, f: impl FnOnce(&mut WriteCtx<'_>) -> Result<T>) -> Result<T> {
         let state = self.batch.state;
         let (n_updates, n_notes) = (self.batch.updates.len(), self.batch.notes.len());
         let batch = &mut *self.batch;
-        let result = self
-            .conn
-            .transaction::<T, Error, _>(|conn| f(&mut WriteCtx { conn, batch }));
+        let leader_epoch = self.leader_epoch;
+        let result = self.conn.transaction::<T, Error, _>(|conn| {
+            f(&mut WriteCtx {
+                conn,
+                batch,
+                leader_epoch,
+            })
+        });
         if result.is_err() {
             self.batch.state = state;
             self.batch.updates.truncate(n_updates);
@@ -115,26 +168,34 @@ impl WriteCtx<'_> {
 type Finish = Box<dyn FnOnce(Result<(), &Error>) + Send>;
 type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Finish + Send>;
 
+enum Msg {
+    Job(Job),
+    /// Replace the whole content with a snapshot file's, atomically.
+    Install(PathBuf, oneshot::Sender<Result<NodeState>>),
+}
+
 /// A cheap handle to the writer thread. The thread stops once every handle is dropped and the queue is empty.
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Msg>,
 }
 
 const QUEUE: usize = 8192;
 
 impl Writer {
     /// Starts the writer thread on `conn`. Returns the handle and the thread, to be joined at shutdown.
+    /// `leader_epoch` is the epoch this node leads (0 when it does not); only then may requests emit updates.
     pub fn start(
         conn: SqliteConnection,
         clock: Clock,
         max_batch: usize,
+        leader_epoch: Arc<AtomicU64>,
         sink: impl CommitSink,
     ) -> Result<(Writer, std::thread::JoinHandle<()>)> {
-        let (tx, rx) = mpsc::channel::<Job>(QUEUE);
+        let (tx, rx) = mpsc::channel::<Msg>(QUEUE);
         let thread = std::thread::Builder::new()
             .name("baton-writer".into())
-            .spawn(move || run(conn, rx, clock, max_batch.max(1), sink))
+            .spawn(move || run(conn, rx, clock, max_batch.max(1), leader_epoch, sink))
             .map_err(|e| Error::internal(format!("starting writer thread: {e}")))?;
         Ok((Writer { tx }, thread))
     }
@@ -157,7 +218,19 @@ impl Writer {
             })
         });
         self.tx
-            .send(job)
+            .send(Msg::Job(job))
+            .await
+            .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
+        rx.await
+            .map_err(|_| Error::Unavailable("the server is shutting down".into()))?
+    }
+
+    /// Replaces every table's content with the snapshot's in one transaction (so a crash leaves either the
+    /// old content or the new), keeping this node's promise. Returns the new state.
+    pub async fn install_snapshot(&self, path: PathBuf) -> Result<NodeState> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Install(path, reply))
             .await
             .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
         rx.await
@@ -165,11 +238,47 @@ impl Writer {
     }
 }
 
+/// Tables copied from a snapshot, parents first.
+const SNAPSHOT_TABLES: &[&str] = &[
+    "users",
+    "sessions",
+    "messages",
+    "deleted_messages",
+    "update_log",
+    "members",
+];
+
+fn install(conn: &mut SqliteConnection, path: &Path, state: &NodeState) -> Result<NodeState> {
+    let quoted = path.to_string_lossy().replace('\'', "''");
+    conn.batch_execute(&format!("ATTACH DATABASE '{quoted}' AS snap"))?;
+    let result = conn.transaction::<NodeState, Error, _>(|conn| {
+        for table in SNAPSHOT_TABLES.iter().rev() {
+            conn.batch_execute(&format!("DELETE FROM main.{table}"))?;
+        }
+        for table in SNAPSHOT_TABLES {
+            conn.batch_execute(&format!("INSERT INTO main.{table} SELECT * FROM snap.{table}"))?;
+        }
+        conn.batch_execute(
+            "UPDATE main.node_state SET (epoch, seq, next_user_id, next_message_id, next_deletion_id) = \
+             (SELECT epoch, seq, next_user_id, next_message_id, next_deletion_id FROM snap.node_state)",
+        )?;
+        let mut new = apply::read_state(conn)?;
+        new.promised_epoch = new.promised_epoch.max(state.promised_epoch).max(new.epoch);
+        apply::write_state(conn, &new)?;
+        Ok(new)
+    });
+    let detach = conn.batch_execute("DETACH DATABASE snap");
+    let new = result?;
+    detach?;
+    Ok(new)
+}
+
 fn run(
     mut conn: SqliteConnection,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::Receiver<Msg>,
     clock: Clock,
     max_batch: usize,
+    leader_epoch: Arc<AtomicU64>,
     sink: impl CommitSink,
 ) {
     let mut state = match apply::read_state(&mut conn) {
@@ -181,11 +290,28 @@ fn run(
     };
     let mut last_now = i64::MIN;
     let mut jobs = Vec::with_capacity(max_batch);
-    while let Some(first) = rx.blocking_recv() {
-        jobs.push(first);
+    let mut held: Option<Msg> = None;
+    while let Some(first) = held.take().or_else(|| rx.blocking_recv()) {
+        match first {
+            Msg::Job(job) => jobs.push(job),
+            Msg::Install(path, reply) => {
+                let result = install(&mut conn, &path, &state);
+                if let Ok(new) = &result {
+                    state = *new;
+                    tracing::info!(epoch = state.epoch, seq = state.seq, "snapshot installed");
+                }
+                let _ = reply.send(result);
+                continue;
+            }
+        }
         while jobs.len() < max_batch {
             match rx.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(Msg::Job(job)) => jobs.push(job),
+                Ok(install) => {
+                    // Runs after this batch.
+                    held = Some(install);
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -197,10 +323,12 @@ fn run(
             notes: Vec::new(),
         };
         let mut finishers: Vec<Finish> = Vec::with_capacity(jobs.len());
+        let mut shipped = false;
         let committed = conn.transaction::<(), Error, _>(|conn| {
             let mut ctx = WriteCtx {
                 conn,
                 batch: &mut batch,
+                leader_epoch: &leader_epoch,
             };
             for job in jobs.drain(..) {
                 finishers.push(job(&mut ctx));
@@ -208,23 +336,30 @@ fn run(
             if ctx.batch.state != state {
                 apply::write_state(ctx.conn, &ctx.batch.state)?;
             }
+            if !ctx.batch.updates.is_empty() {
+                sink.before_commit(&ctx.batch.updates);
+                shipped = true;
+            }
             Ok(())
         });
         match committed {
             Ok(()) => {
                 state = batch.state;
-                let n = batch.updates.len();
-                sink.committed(&batch.updates, batch.notes);
-                for finish in finishers {
-                    finish(Ok(()));
-                }
-                tracing::trace!(updates = n, seq = state.seq, "batch committed");
+                tracing::trace!(
+                    updates = batch.updates.len(),
+                    seq = state.seq,
+                    "batch committed"
+                );
+                sink.committed(batch.updates, batch.notes, Done(finishers));
+            }
+            Err(e) if !shipped => {
+                tracing::error!(error = %e, "batch failed to commit");
+                Done(finishers).fail(&e);
             }
             Err(e) => {
-                tracing::error!(error = %e, "batch failed to commit");
-                for finish in finishers {
-                    finish(Err(&e));
-                }
+                // Its updates may already be on followers: carrying on would let this replica diverge.
+                tracing::error!(error = %e, "batch failed to commit after replication; stopping");
+                std::process::exit(70);
             }
         }
     }

@@ -1,0 +1,346 @@
+//! The only loop that acts on replication: one prober task per peer address keeps the latest answer of
+//! each peer, and every heartbeat the driver feeds this node's view and the fresh answers to the engine,
+//! then carries out its decision (follow, elect, lead, step down).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use baton_proto::v1 as pb;
+use baton_proto::v1::replication_client::ReplicationClient;
+use tonic::transport::{Channel, Endpoint};
+
+use super::engine::{self, Action, Role};
+use super::{follower, leader, view_of};
+use crate::Node;
+use crate::error::{Error, Result};
+use crate::store::models::Member;
+
+/// Cached gRPC channels to peers, by address, and their latest answers.
+#[derive(Default)]
+pub struct Peers {
+    channels: Mutex<HashMap<String, Channel>>,
+    answers: Mutex<HashMap<String, (pb::NodeStatus, Instant)>>,
+}
+
+impl Peers {
+    pub fn channel(&self, address: &str) -> Result<Channel> {
+        let mut channels = self.channels.lock().expect("channels lock");
+        if let Some(c) = channels.get(address) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| Error::invalid(format!("peer address {address:?}: {e}")))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2));
+        let channel = endpoint.connect_lazy();
+        channels.insert(address.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Answers younger than `fresh`, newest per node id.
+    pub fn fresh(&self, fresh: Duration) -> Vec<(String, pb::NodeStatus, Instant)> {
+        let answers = self.answers.lock().expect("answers lock");
+        let mut by_id: HashMap<u64, (String, pb::NodeStatus, Instant)> = HashMap::new();
+        for (addr, (s, at)) in answers.iter() {
+            if at.elapsed() >= fresh {
+                continue;
+            }
+            match by_id.get(&s.id) {
+                Some((_, _, seen)) if seen >= at => {}
+                _ => {
+                    by_id.insert(s.id, (addr.clone(), s.clone(), *at));
+                }
+            }
+        }
+        by_id.into_values().collect()
+    }
+
+    /// The latest answer of every address, however old.
+    pub fn all(&self) -> Vec<(String, pb::NodeStatus, Instant)> {
+        let answers = self.answers.lock().expect("answers lock");
+        answers
+            .iter()
+            .map(|(a, (s, at))| (a.clone(), s.clone(), *at))
+            .collect()
+    }
+
+    fn record(&self, address: &str, status: pb::NodeStatus) {
+        self.answers
+            .lock()
+            .expect("answers lock")
+            .insert(address.to_owned(), (status, Instant::now()));
+    }
+}
+
+/// Runs replication for this node until shutdown.
+pub async fn run(node: Arc<Node>) {
+    let rep = node.replication.clone();
+    let mut probing: BTreeSet<String> = BTreeSet::new();
+    let mut tick = tokio::time::interval(rep.settings.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = node.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        for address in rep.probe_targets() {
+            if probing.insert(address.clone()) {
+                tokio::spawn(probe(node.clone(), address));
+            }
+        }
+        step(&node).await;
+        if rep.is_leader() {
+            rep.expire_pending();
+        }
+    }
+}
+
+/// Probes one peer address every heartbeat until shutdown.
+async fn probe(node: Arc<Node>, address: String) {
+    let rep = node.replication.clone();
+    let mut tick = tokio::time::interval(rep.settings.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let timeout = rep.settings.election_timeout / 2;
+    let mut shutdown = node.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let Ok(channel) = node.peers.channel(&address) else {
+            return;
+        };
+        let mut client = ReplicationClient::new(channel);
+        let req = rep.peer_request(pb::HeartbeatRequest {
+            from_id: rep.id,
+            known_epoch: rep.state().promised_epoch,
+        });
+        if let Ok(Ok(answer)) = tokio::time::timeout(timeout, client.heartbeat(req)).await {
+            let status = answer.into_inner();
+            if status.id == rep.id {
+                continue;
+            }
+            let mut st = rep.state();
+            if st.role == Role::Follower
+                && status.id == st.leader_id
+                && super::role_from_wire(status.role) == Role::Leader
+                && status.leader_epoch == st.epoch
+            {
+                st.last_leader_contact = Instant::now();
+                if !status.leader_address.is_empty() {
+                    st.leader_address = status.leader_address.clone();
+                }
+            }
+            drop(st);
+            node.peers.record(&address, status);
+        }
+    }
+}
+
+/// One decision of the engine, carried out.
+async fn step(node: &Arc<Node>) {
+    let rep = &node.replication;
+    let fresh = node.peers.fresh(rep.settings.election_timeout);
+    let responders: Vec<engine::View> = fresh.iter().map(|(_, s, _)| view_of(s)).collect();
+    let me = rep.view();
+    let silent = rep.state().last_leader_contact.elapsed().as_millis() as u64;
+    let configured: BTreeSet<u64> = rep.settings.peers.iter().map(|(id, _)| *id).collect();
+    let settings = engine::Settings {
+        election_timeout_ms: rep.settings.election_timeout.as_millis() as u64,
+        min_replicas: rep.settings.min_replicas,
+    };
+    let mut action = engine::tick(&me, silent, &responders, &configured, settings);
+    // A node joining through `--join` never starts a cluster of its own.
+    let joining = rep.settings.join.is_some() && !me.members.iter().any(|(id, _)| *id == rep.id);
+    if joining && matches!(action, Action::BecomeLeader { .. }) {
+        action = Action::Stay;
+    }
+    match action {
+        Action::Stay => {}
+        Action::StartElection => {
+            let mut st = rep.state();
+            tracing::warn!(
+                leader = st.leader_id,
+                epoch = st.epoch,
+                "leader lost; electing"
+            );
+            st.role = Role::Candidate;
+            st.registered_epoch = 0;
+        }
+        Action::Follow { leader_id, epoch } => {
+            let address = fresh
+                .iter()
+                .find(|(_, s, _)| s.id == leader_id)
+                .map(|(_, s, _)| s.leader_address.clone())
+                .unwrap_or_default();
+            follow(node, leader_id, epoch, address).await;
+        }
+        Action::BecomeLeader { epoch } => become_leader(node, epoch).await,
+        Action::StepDown { seen_epoch } => step_down(node, seen_epoch).await,
+    }
+    // A follower not (or no longer) registered with its leader registers.
+    let (register, leader_id, epoch) = {
+        let st = rep.state();
+        let need = st.role == Role::Follower && st.registered_epoch != st.epoch && !st.registering;
+        (need, st.leader_id, st.epoch)
+    };
+    if register {
+        let Some(address) = rep.dial_address(leader_id).or_else(|| {
+            fresh
+                .iter()
+                .find(|(_, s, _)| s.id == leader_id)
+                .map(|(a, _, _)| a.clone())
+        }) else {
+            return;
+        };
+        rep.state().registering = true;
+        let node = node.clone();
+        tokio::spawn(async move {
+            let result = follower::register(&node, leader_id, epoch, &address).await;
+            node.replication.state().registering = false;
+            if let Err(e) = result {
+                tracing::warn!(leader = leader_id, error = %e, "registration failed");
+                if let Error::AlreadyExists(msg) = &e {
+                    // This node's id or address clashes with a member: it cannot ever join.
+                    eprintln!("baton-server: cannot join the cluster: {msg}");
+                    std::process::exit(3);
+                }
+            }
+        });
+    }
+}
+
+async fn follow(node: &Arc<Node>, leader_id: u64, epoch: u64, address: String) {
+    let rep = &node.replication;
+    {
+        let mut st = rep.state();
+        if st.role == Role::Follower && st.leader_id == leader_id && st.epoch == epoch {
+            return;
+        }
+        tracing::info!(leader = leader_id, epoch, "following");
+        st.role = Role::Follower;
+        st.leader_id = leader_id;
+        st.leader_address = address;
+        st.epoch = epoch;
+        st.promised_epoch = st.promised_epoch.max(epoch);
+        st.electable = false;
+        st.registered_epoch = 0;
+        st.last_leader_contact = Instant::now();
+        st.followers.clear();
+    }
+    if let Err(e) = node
+        .writer
+        .write(move |ctx| {
+            ctx.promise(epoch);
+            Ok(())
+        })
+        .await
+    {
+        tracing::warn!(error = %e, "could not record the promise");
+    }
+}
+
+async fn become_leader(node: &Arc<Node>, epoch: u64) {
+    let rep = &node.replication;
+    let started = Instant::now();
+    {
+        let mut st = rep.state();
+        st.role = Role::Leader;
+        st.epoch = epoch;
+        st.leader_id = rep.id;
+        st.leader_address = rep.address.clone();
+        st.promised_epoch = st.promised_epoch.max(epoch);
+        st.electable = true;
+        st.registered_epoch = 0;
+        st.followers.clear();
+    }
+    rep.reset_tail(rep.applied().1 + 1);
+    rep.leader_epoch
+        .store(epoch, std::sync::atomic::Ordering::SeqCst);
+    rep.leading.send_replace(true);
+    let me = rep.id;
+    let address = rep.address.clone();
+    let configured = rep.settings.peers.clone();
+    let opened = node
+        .writer
+        .write(move |ctx| {
+            ctx.promise(epoch);
+            ctx.open_epoch(epoch)
+        })
+        .await;
+    let result = match opened {
+        Ok(()) => {
+            leader::write_members(node, move |members: &mut Vec<Member>| {
+                for (id, addr) in configured {
+                    if !members.iter().any(|m| m.id as u64 == id) {
+                        members.push(Member {
+                            id: id as i64,
+                            address: addr,
+                            in_sync: false,
+                        });
+                    }
+                }
+                if !members.iter().any(|m| m.id as u64 == me) {
+                    members.push(Member {
+                        id: me as i64,
+                        address,
+                        in_sync: true,
+                    });
+                }
+            })
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => tracing::info!(
+            epoch,
+            seq = rep.applied().1,
+            took_ms = started.elapsed().as_millis() as u64,
+            "became leader"
+        ),
+        Err(e) => {
+            tracing::warn!(epoch, error = %e, "could not open the epoch; standing down");
+            step_down(node, epoch).await;
+        }
+    }
+}
+
+async fn step_down(node: &Arc<Node>, seen_epoch: u64) {
+    let rep = &node.replication;
+    rep.leader_epoch
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    rep.leading.send_replace(false);
+    {
+        let mut st = rep.state();
+        tracing::warn!(epoch = st.epoch, seen_epoch, "stepping down");
+        st.role = Role::Candidate;
+        st.promised_epoch = st.promised_epoch.max(seen_epoch);
+        st.electable = false;
+        st.followers.clear();
+        rep.fail_all_pending(&mut st);
+    }
+    let _ = node
+        .writer
+        .write(move |ctx| {
+            ctx.promise(seen_epoch);
+            Ok(())
+        })
+        .await;
+}
+
+/// A server without peers: it leads at once, opening a new epoch on every start.
+pub async fn lead_alone(node: &Arc<Node>) -> Result<()> {
+    let rep = &node.replication;
+    let epoch = engine::next_epoch(&rep.view(), &[]);
+    become_leader(node, epoch).await;
+    if rep.is_leader() {
+        Ok(())
+    } else {
+        Err(Error::internal("could not open a new epoch"))
+    }
+}
