@@ -57,6 +57,9 @@ pub struct Flags {
     /// How long the leader may stay silent before followers elect a new one.
     #[arg(long)]
     pub election_timeout_ms: Option<u64>,
+    /// How many recent updates the log keeps for catching followers up; further behind gets a snapshot.
+    #[arg(long)]
+    pub log_retention: Option<u64>,
 }
 
 fn parse_peer(s: &str) -> Result<(u64, String), String> {
@@ -102,6 +105,7 @@ pub struct FileConfig {
     pub replica_timeout_ms: Option<u64>,
     pub heartbeat_ms: Option<u64>,
     pub election_timeout_ms: Option<u64>,
+    pub log_retention: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +130,8 @@ pub struct Config {
     pub print_address: bool,
     /// Most client writes folded into one transaction.
     pub max_batch: usize,
+    /// Log entries kept behind the newest.
+    pub log_retention: u64,
     /// The address others use to reach this server; None: the bound listen address.
     pub advertise: Option<String>,
     /// None: a single server, its own leader.
@@ -139,6 +145,7 @@ pub const SECRET_MIN_BYTES: usize = 16;
 
 pub const DEFAULT_SESSION_TTL_SECS: u64 = 30 * 24 * 3600;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7001";
+pub const DEFAULT_LOG_RETENTION: u64 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -227,6 +234,10 @@ impl Config {
                 .min(i64::MAX as u64) as i64,
             print_address: flags.print_address,
             max_batch: 512,
+            log_retention: flags
+                .log_retention
+                .or(file.log_retention)
+                .unwrap_or(DEFAULT_LOG_RETENTION),
             advertise: flags.advertise.or(file.advertise),
             cluster,
         };

@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::live::Live;
 use crate::replication::Replication;
 use crate::replication::driver::Peers;
-use crate::store::writer::{Clock, Writer};
+use crate::store::writer::{Clock, Writer, WriterLimits};
 use crate::store::{Readers, apply};
 
 /// Everything a request handler needs, shared behind one `Arc`.
@@ -184,7 +184,10 @@ pub async fn run(
     let (writer, writer_thread) = Writer::start(
         conn,
         clock.clone(),
-        config.max_batch,
+        WriterLimits {
+            max_batch: config.max_batch,
+            log_retention: config.log_retention,
+        },
         replication.leader_epoch.clone(),
         replication.clone(),
     )?;

@@ -181,6 +181,16 @@ pub struct Writer {
 }
 
 const QUEUE: usize = 8192;
+/// The log is trimmed to `log_retention` entries once it holds this many more.
+const PRUNE_SLACK: i64 = 1024;
+
+#[derive(Debug, Clone, Copy)]
+pub struct WriterLimits {
+    /// Most requests folded into one transaction.
+    pub max_batch: usize,
+    /// Log entries kept behind the newest, for catching followers up.
+    pub log_retention: u64,
+}
 
 impl Writer {
     /// Starts the writer thread on `conn`. Returns the handle and the thread, to be joined at shutdown.
@@ -188,14 +198,14 @@ impl Writer {
     pub fn start(
         conn: SqliteConnection,
         clock: Clock,
-        max_batch: usize,
+        limits: WriterLimits,
         leader_epoch: Arc<AtomicU64>,
         sink: impl CommitSink,
     ) -> Result<(Writer, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel::<Msg>(QUEUE);
         let thread = std::thread::Builder::new()
             .name("baton-writer".into())
-            .spawn(move || run(conn, rx, clock, max_batch.max(1), leader_epoch, sink))
+            .spawn(move || run(conn, rx, clock, limits, leader_epoch, sink))
             .map_err(|e| Error::internal(format!("starting writer thread: {e}")))?;
         Ok((Writer { tx }, thread))
     }
@@ -277,10 +287,16 @@ fn run(
     mut conn: SqliteConnection,
     mut rx: mpsc::Receiver<Msg>,
     clock: Clock,
-    max_batch: usize,
+    limits: WriterLimits,
     leader_epoch: Arc<AtomicU64>,
     sink: impl CommitSink,
 ) {
+    let max_batch = limits.max_batch.max(1);
+    let retention = limits.log_retention.max(1) as i64;
+    let mut log_first = crate::store::queries::log_first_seq(&mut conn)
+        .ok()
+        .flatten()
+        .unwrap_or(1);
     let mut state = match apply::read_state(&mut conn) {
         Ok(s) => s,
         Err(e) => {
@@ -332,6 +348,15 @@ fn run(
             };
             for job in jobs.drain(..) {
                 finishers.push(job(&mut ctx));
+            }
+            if ctx.batch.state.seq - log_first > retention + PRUNE_SLACK {
+                let keep_from = ctx.batch.state.seq - retention + 1;
+                diesel::delete(
+                    crate::store::schema::update_log::table
+                        .filter(crate::store::schema::update_log::seq.lt(keep_from)),
+                )
+                .execute(ctx.conn)?;
+                log_first = keep_from;
             }
             if ctx.batch.state != state {
                 apply::write_state(ctx.conn, &ctx.batch.state)?;
