@@ -3,6 +3,7 @@
 //! A subscriber that falls too far behind the broadcast re-reads from the database instead of losing events.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use baton_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc};
@@ -21,6 +22,8 @@ pub type EventStream = ReceiverStream<Result<pb::Event, Status>>;
 const STREAM_BUFFER: usize = 256;
 /// Rows per database read while replaying.
 const REPLAY_PAGE: u32 = 500;
+/// Longest wait before a live stream checks its session again (keeps timer arithmetic far from overflow).
+const SESSION_RECHECK: Duration = Duration::from_secs(3600);
 
 pub fn start(
     node: Arc<Node>,
@@ -85,6 +88,9 @@ impl Subscriber {
         }
         let mut shutdown = self.node.shutdown.clone();
         let mut leading = self.node.replication.leading.subscribe();
+        // The stream ends when its session expires, as it does on logout.
+        let expiry = tokio::time::sleep(self.session_left()?);
+        tokio::pin!(expiry);
         loop {
             let note = tokio::select! {
                 _ = self.tx.closed() => return Ok(()),
@@ -93,6 +99,11 @@ impl Subscriber {
                 }
                 _ = shutdown.wait_for(|stop| *stop) => {
                     return Err(Status::unavailable("the server is shutting down; reconnect"));
+                }
+                _ = &mut expiry => {
+                    let left = self.session_left()?;
+                    expiry.as_mut().reset(tokio::time::Instant::now() + left);
+                    continue;
                 }
                 note = events.recv() => note,
             };
@@ -112,6 +123,19 @@ impl Subscriber {
                 return Ok(());
             }
         }
+    }
+
+    /// How long to wait before checking the caller's session again (until it expires, at most
+    /// `SESSION_RECHECK`); UNAUTHENTICATED once it has expired or ended.
+    fn session_left(&self) -> Result<Duration, Status> {
+        let now = (self.node.clock)();
+        let session = self
+            .node
+            .live
+            .session(&self.caller.token_hash, now)
+            .ok_or_else(|| Status::unauthenticated("session expired; log in again"))?;
+        let left = Duration::from_millis(session.expires_at_ms.saturating_sub(now).max(1) as u64);
+        Ok(left.min(SESSION_RECHECK))
     }
 
     async fn send(&self, event: pb::Event) -> Result<(), Gone> {
