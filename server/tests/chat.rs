@@ -1879,3 +1879,72 @@ async fn oversized_request_is_refused_and_the_server_keeps_working() {
     let mut c2 = server.client().await;
     assert_eq!(ids(&history(&mut c2, &bob, "alice").await), vec![m.id]);
 }
+
+#[tokio::test]
+async fn subscribe_replays_deletions_missed_while_away() {
+    let server = Server::start().await;
+    let mut c = server.client().await;
+    let alice = create_and_login(&mut c, "alice", PW).await;
+    let bob = create_and_login(&mut c, "bob", PW).await;
+    let m1 = send(&mut c, &alice, "bob", "one").await;
+    send(&mut c, &alice, "bob", "two").await;
+    let m3 = send(&mut c, &alice, "bob", "three").await;
+    // Bob was away while alice deleted two of them.
+    c.delete_messages(authed(
+        pb::DeleteMessagesRequest {
+            message_ids: vec![m1.id, m3.id],
+        },
+        &alice,
+    ))
+    .await
+    .unwrap();
+
+    // Resuming with since_deletion_id 0 (nothing seen yet) replays both tombstones, oldest first.
+    let mut sub_client = server.client().await;
+    let mut events = sub_client
+        .subscribe(authed(
+            pb::SubscribeRequest {
+                since_message_id: m3.id,
+                since_deletion_id: Some(0),
+            },
+            &bob,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (replayed, caught_up) = until_caught_up(&mut events).await;
+    let deleted: Vec<u64> = replayed
+        .iter()
+        .map(|k| match k {
+            Kind::Deletion(d) => d.message_id,
+            other => panic!("unexpected replayed event {other:?}"),
+        })
+        .collect();
+    assert_eq!(deleted, vec![m1.id, m3.id]);
+    assert_eq!(caught_up.last_deletion_id, 2);
+
+    // Resuming after the first tombstone replays only the second; without the field, none.
+    for (since, want) in [(Some(1), vec![m3.id]), (None, vec![])] {
+        let mut events = sub_client
+            .subscribe(authed(
+                pb::SubscribeRequest {
+                    since_message_id: m3.id,
+                    since_deletion_id: since,
+                },
+                &bob,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let (replayed, caught_up) = until_caught_up(&mut events).await;
+        let got: Vec<u64> = replayed
+            .iter()
+            .map(|k| match k {
+                Kind::Deletion(d) => d.message_id,
+                other => panic!("unexpected replayed event {other:?}"),
+            })
+            .collect();
+        assert_eq!(got, want, "since_deletion_id {since:?}");
+        assert_eq!(caught_up.last_deletion_id, 2);
+    }
+}

@@ -412,10 +412,9 @@ impl Chat for ChatService {
         let caller = self.caller(&req)?;
         let r = req.into_inner();
         let since_message = id_from_wire(r.since_message_id).unwrap_or(i64::MAX);
-        let since_deletion = match r.since_deletion_id {
-            0 => None,
-            id => Some(id_from_wire(id).unwrap_or(i64::MAX)),
-        };
+        let since_deletion = r
+            .since_deletion_id
+            .map(|id| id_from_wire(id).unwrap_or(i64::MAX));
         Ok(Response::new(subscribe::start(
             self.node.clone(),
             caller,

@@ -390,7 +390,7 @@ pub async fn subscribe(
         .subscribe(authed(
             pb::SubscribeRequest {
                 since_message_id,
-                since_deletion_id: 0,
+                since_deletion_id: None,
             },
             token,
         ))
