@@ -4,6 +4,9 @@
 //! Each test binary uses only part of this module.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod proxy;
+
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
@@ -41,6 +44,8 @@ pub struct Server {
     dir: Arc<TempDir>,
     id: u64,
     args: Vec<String>,
+    /// `--listen`: `127.0.0.1:0` (a new port each start) or a fixed address (cluster nodes).
+    listen: String,
     child: Option<Child>,
     addr: SocketAddr,
 }
@@ -64,11 +69,17 @@ impl Server {
 
     /// A node with the given id whose database lives in `dir` (shared with other nodes, if any).
     pub async fn start_node(dir: Arc<TempDir>, id: u64, args: Vec<String>) -> Server {
-        let (child, addr) = spawn(dir.path(), id, &args).await;
+        Server::start_node_at(dir, id, "127.0.0.1:0".into(), args).await
+    }
+
+    /// A node listening on a fixed address (kept across restarts), as cluster members are.
+    pub async fn start_node_at(dir: Arc<TempDir>, id: u64, listen: String, args: Vec<String>) -> Server {
+        let (child, addr) = spawn(dir.path(), id, &listen, &args).await;
         Server {
             dir,
             id,
             args,
+            listen,
             child: Some(child),
             addr,
         }
@@ -169,7 +180,7 @@ impl Server {
             assert!(exit.success(), "server exited with {exit} on SIGTERM");
         }
         self.child = None;
-        let (child, addr) = spawn(self.dir.path(), self.id, &self.args).await;
+        let (child, addr) = spawn(self.dir.path(), self.id, &self.listen, &self.args).await;
         self.child = Some(child);
         self.addr = addr;
     }
@@ -216,7 +227,7 @@ fn log_path(dir: &Path, id: u64) -> PathBuf {
 }
 
 /// Starts the binary, waits for its `listening on ADDR` line and returns the child and the address.
-async fn spawn(dir: &Path, id: u64, args: &[String]) -> (Child, SocketAddr) {
+async fn spawn(dir: &Path, id: u64, listen: &str, args: &[String]) -> (Child, SocketAddr) {
     let log = log_path(dir, id);
     let stderr: File = OpenOptions::new()
         .create(true)
@@ -225,7 +236,7 @@ async fn spawn(dir: &Path, id: u64, args: &[String]) -> (Child, SocketAddr) {
         .expect("opening the server's stderr log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_baton-server"))
         .arg("--listen")
-        .arg("127.0.0.1:0")
+        .arg(listen)
         .arg("--print-address")
         .arg("--data-dir")
         .arg(dir)
