@@ -27,7 +27,15 @@ async fn accounts(cluster: &mut Cluster) -> (String, String) {
 async fn send_n(cluster: &mut Cluster, token: &str, tag: &str, n: usize) -> Vec<u64> {
     let mut ids = Vec::new();
     for i in 0..n {
-        let m = send_retrying(cluster, token, "bob", &format!("{tag} {i}"), &format!("{tag}-{i}"), ELECT).await;
+        let m = send_retrying(
+            cluster,
+            token,
+            "bob",
+            &format!("{tag} {i}"),
+            &format!("{tag}-{i}"),
+            ELECT,
+        )
+        .await;
         ids.push(m.id);
     }
     ids
@@ -157,7 +165,10 @@ async fn a_killed_follower_never_stalls_writes_beyond_the_timeout() {
         slowest = slowest.max(started.elapsed());
     }
     eprintln!("slowest write after killing follower {follower}: {slowest:?}");
-    assert!(slowest < Duration::from_millis(2500), "a write waited {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(2500),
+        "a write waited {slowest:?}"
+    );
     cluster.restart(follower).await;
     cluster.wait_in_sync(CONVERGE).await;
     cluster.wait_converged(CONVERGE).await;
@@ -198,7 +209,10 @@ async fn stopping_and_restarting_the_whole_cluster_keeps_identical_state() {
     }
     cluster.wait_leader(ELECT).await;
     let after = cluster.wait_converged(CONVERGE).await;
-    assert_eq!(before.sha256, after.sha256, "content changed across a full restart");
+    assert_eq!(
+        before.sha256, after.sha256,
+        "content changed across a full restart"
+    );
     assert_eq!(after.messages, 25);
     // The old session token still works and writes go on.
     send_n(&mut cluster, &alice, "b", 5).await;
@@ -301,7 +315,15 @@ async fn retrying_a_send_across_a_leader_crash_never_duplicates() {
             cluster.kill(leader);
             let _ = inflight.await;
         }
-        let m = send_retrying(&mut cluster, &alice, "bob", &format!("m {i}"), &format!("m-{i}"), ELECT).await;
+        let m = send_retrying(
+            &mut cluster,
+            &alice,
+            "bob",
+            &format!("m {i}"),
+            &format!("m-{i}"),
+            ELECT,
+        )
+        .await;
         acked.push(m.id);
     }
     let (_, mut c) = cluster.leader_client(ELECT).await;
@@ -334,11 +356,21 @@ async fn writes_sent_to_a_follower_are_refused_with_the_leaders_address() {
     let status = r.expect_err("a follower refuses writes");
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(
-        status.metadata().get(LEADER_HINT).unwrap().to_str().unwrap(),
+        status
+            .metadata()
+            .get(LEADER_HINT)
+            .unwrap()
+            .to_str()
+            .unwrap(),
         cluster.addr(leader).to_string()
     );
     assert_eq!(
-        status.metadata().get(LEADER_ID_HINT).unwrap().to_str().unwrap(),
+        status
+            .metadata()
+            .get(LEADER_ID_HINT)
+            .unwrap()
+            .to_str()
+            .unwrap(),
         leader.to_string()
     );
     let r = c
@@ -353,7 +385,10 @@ async fn writes_sent_to_a_follower_are_refused_with_the_leaders_address() {
     assert_eq!(s.leader_id, leader);
     assert_eq!(s.role, pb::Role::Follower as i32);
     let after = cluster.wait_converged(CONVERGE).await;
-    assert_eq!(before.sha256, after.sha256, "a refused write changed something");
+    assert_eq!(
+        before.sha256, after.sha256,
+        "a refused write changed something"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,8 +406,10 @@ async fn peer_rpcs_without_the_cluster_secret_are_refused() {
     let r = c.digest(pb::DigestRequest {}).await;
     assert_eq!(code_of(&r), Code::Unauthenticated);
     let mut req = tonic::Request::new(pb::HeartbeatRequest::default());
-    req.metadata_mut()
-        .insert(baton_proto::CLUSTER_SECRET, "wrong-secret-wrong-secret".parse().unwrap());
+    req.metadata_mut().insert(
+        baton_proto::CLUSTER_SECRET,
+        "wrong-secret-wrong-secret".parse().unwrap(),
+    );
     assert_eq!(code_of(&c.heartbeat(req).await), Code::Unauthenticated);
     // A forged update is never applied.
     let forged = pb::UpdateBatch {
@@ -433,7 +470,10 @@ async fn a_follower_killed_mid_snapshot_converges() {
     let snapshot = cluster.dir().path().join("chat_3.snapshot.db");
     let deadline = Instant::now() + CONVERGE;
     while !snapshot.exists() {
-        assert!(Instant::now() < deadline, "node 3 never started receiving a snapshot");
+        assert!(
+            Instant::now() < deadline,
+            "node 3 never started receiving a snapshot"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     cluster.kill(3);
@@ -448,6 +488,7 @@ async fn a_follower_killed_mid_snapshot_converges() {
 async fn an_old_leaders_unreplicated_write_does_not_come_back() {
     let mut cluster = Cluster::start_with_proxies(3, &["--min-replicas", "1"]).await;
     let old = cluster.wait_leader(ELECT).await;
+    cluster.wait_in_sync(ELECT).await;
     let (alice, _) = accounts(&mut cluster).await;
     let acked = send_n(&mut cluster, &alice, "a", 5).await;
     cluster.wait_in_sync(ELECT).await;
@@ -486,11 +527,16 @@ async fn an_old_leaders_unreplicated_write_does_not_come_back() {
     for id in cluster.ids() {
         use diesel::prelude::*;
         let mut db = cluster.node(id).open_db();
-        let n = diesel::sql_query("SELECT COUNT(*) AS n FROM messages WHERE client_message_id = 'lost-1'")
-            .get_result::<Count>(&mut db)
-            .unwrap()
-            .n;
-        assert_eq!(n, 0, "node {id} holds the old leader's unacknowledged write");
+        let n = diesel::sql_query(
+            "SELECT COUNT(*) AS n FROM messages WHERE client_message_id = 'lost-1'",
+        )
+        .get_result::<Count>(&mut db)
+        .unwrap()
+        .n;
+        assert_eq!(
+            n, 0,
+            "node {id} holds the old leader's unacknowledged write"
+        );
     }
 }
 
@@ -504,6 +550,7 @@ struct Count {
 async fn isolating_the_leader_elects_another_and_healing_leaves_one_leader() {
     let mut cluster = Cluster::start_with_proxies(3, &["--min-replicas", "1"]).await;
     let old = cluster.wait_leader(ELECT).await;
+    cluster.wait_in_sync(ELECT).await;
     let (alice, _) = accounts(&mut cluster).await;
     let mut acked = send_n(&mut cluster, &alice, "a", 10).await;
     cluster.wait_in_sync(ELECT).await;
@@ -524,11 +571,29 @@ async fn isolating_the_leader_elects_another_and_healing_leaves_one_leader() {
         if let [one] = leaders[..] {
             break one;
         }
-        assert!(Instant::now() < deadline, "the majority side elected no leader");
+        assert!(
+            Instant::now() < deadline,
+            "the majority side elected no leader"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_ne!(new, old);
-    // Writes on the new leader are acknowledged (one follower in sync).
+    // Once the third node follows the new leader, its writes are acknowledged (one follower in sync).
+    let deadline = Instant::now() + ELECT;
+    loop {
+        let s = cluster.status(new).await.unwrap();
+        if s.members
+            .iter()
+            .any(|m| m.id != new && m.id != old && m.in_sync)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no follower in sync with the new leader: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut c = cluster.client(new).await;
     for i in 0..10 {
         let m = c
@@ -558,7 +623,11 @@ async fn isolating_the_leader_elects_another_and_healing_leaves_one_leader() {
             &alice,
         ))
         .await;
-    assert_ne!(code_of(&r), Code::Ok, "an isolated leader acknowledged a write");
+    assert_ne!(
+        code_of(&r),
+        Code::Ok,
+        "an isolated leader acknowledged a write"
+    );
 
     cluster.heal();
     let leader = cluster.wait_leader(CONVERGE).await;

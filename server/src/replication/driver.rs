@@ -136,6 +136,7 @@ async fn probe(node: Arc<Node>, address: String) {
                 }
             }
             drop(st);
+            rep.discover(&status);
             node.peers.record(&address, status);
         }
     }
@@ -234,7 +235,7 @@ async fn follow(node: &Arc<Node>, leader_id: u64, epoch: u64, address: String) {
     }
     if let Err(e) = node
         .writer
-        .write(move |ctx| {
+        .write_local(move |ctx| {
             ctx.promise(epoch);
             Ok(())
         })
@@ -267,7 +268,7 @@ async fn become_leader(node: &Arc<Node>, epoch: u64) {
     let configured = rep.settings.peers.clone();
     let opened = node
         .writer
-        .write(move |ctx| {
+        .write_local(move |ctx| {
             ctx.promise(epoch);
             ctx.open_epoch(epoch)
         })
@@ -326,7 +327,7 @@ async fn step_down(node: &Arc<Node>, seen_epoch: u64) {
     }
     let _ = node
         .writer
-        .write(move |ctx| {
+        .write_local(move |ctx| {
             ctx.promise(seen_epoch);
             Ok(())
         })

@@ -229,7 +229,7 @@ mod tests {
         let me = view(3, (1001, 10), true, S3);
         let two = view(2, (1001, 10), true, S3);
         assert_eq!(
-            election_winner(&me, &[two.clone()], &peers(&[1, 2, 3]), 0),
+            election_winner(&me, std::slice::from_ref(&two), &peers(&[1, 2, 3]), 0),
             Some(2)
         );
         // A lower id that lags loses to the one holding more.
@@ -271,7 +271,7 @@ mod tests {
         let b = view(2, (1001, 9), false, S3);
         let c = view(3, (1001, 9), false, S3);
         assert_eq!(
-            election_winner(&a, &[b.clone()], &peers(&[1, 2, 3]), 0),
+            election_winner(&a, std::slice::from_ref(&b), &peers(&[1, 2, 3]), 0),
             None
         );
         assert_eq!(election_winner(&a, &[b, c], &peers(&[1, 2, 3]), 0), Some(1));
@@ -294,7 +294,7 @@ mod tests {
         let me = view(3, (0, 0), false, &[]);
         let two = view(2, (0, 0), false, &[]);
         assert_eq!(
-            election_winner(&me, &[two.clone()], &peers(&[1, 2, 3]), 0),
+            election_winner(&me, std::slice::from_ref(&two), &peers(&[1, 2, 3]), 0),
             None
         );
         let one = view(1, (0, 0), false, &[]);
@@ -352,7 +352,13 @@ mod tests {
             ..view(2, (2002, 7), true, S3)
         };
         assert_eq!(
-            tick(&me, 0, &[newer.clone()], &peers(&[1, 2, 3]), SETTINGS),
+            tick(
+                &me,
+                0,
+                std::slice::from_ref(&newer),
+                &peers(&[1, 2, 3]),
+                SETTINGS
+            ),
             Action::StepDown { seen_epoch: 2002 }
         );
         // After stepping down it follows the newer leader.
@@ -380,7 +386,13 @@ mod tests {
             ..view(3, (1001, 5), true, S3)
         };
         assert_eq!(
-            tick(&me, 0, &[three.clone()], &peers(&[1, 2, 3]), SETTINGS),
+            tick(
+                &me,
+                0,
+                std::slice::from_ref(&three),
+                &peers(&[1, 2, 3]),
+                SETTINGS
+            ),
             Action::Stay
         );
         let three = View {

@@ -146,7 +146,7 @@ async fn install(node: &Arc<Node>, path: &std::path::Path) -> Result<()> {
 /// Applies entries in order, skipping those already applied; a gap is an error (re-register).
 async fn apply_batch(node: &Arc<Node>, updates: Vec<pb::Update>) -> Result<(u64, u64)> {
     node.writer
-        .write(move |ctx| {
+        .write_local(move |ctx| {
             for u in updates {
                 let seq = ctx.state().seq as u64;
                 if u.seq <= seq {

@@ -238,17 +238,16 @@ pub async fn write_members(
 ) -> Result<()> {
     let rep = node.replication.clone();
     node.writer
-        .write(move |ctx| {
-            let mut members = {
+        .write_local(move |ctx| {
+            let mut members = rep.state().members.clone();
+            change(&mut members);
+            {
                 let st = rep.state();
-                let mut members = st.members.clone();
                 for m in &mut members {
                     let id = m.id as u64;
                     m.in_sync = id == rep.id || st.followers.get(&id).is_some_and(|p| p.in_sync);
                 }
-                members
-            };
-            change(&mut members);
+            }
             members.sort_by_key(|m| m.id);
             members.dedup_by_key(|m| m.id);
             ctx.emit(Op::SetMembers(pb::SetMembers {

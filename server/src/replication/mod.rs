@@ -10,7 +10,7 @@ pub mod engine;
 pub mod follower;
 pub mod leader;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -111,6 +111,8 @@ pub struct State {
     pub registered_epoch: u64,
     pub registering: bool,
     pub last_leader_contact: Instant,
+    /// Peers learned from other nodes' answers (members not in this node's configuration).
+    pub discovered: BTreeMap<u64, String>,
     /// Leader: followers by id.
     pub followers: BTreeMap<u64, Progress>,
     pending: VecDeque<Pending>,
@@ -168,6 +170,7 @@ impl Replication {
                 registered_epoch: 0,
                 registering: false,
                 last_leader_contact: Instant::now(),
+                discovered: BTreeMap::new(),
                 followers: BTreeMap::new(),
                 pending: VecDeque::new(),
                 next_generation: 1,
@@ -269,16 +272,35 @@ impl Replication {
         req
     }
 
-    /// Where to dial node `id`: its configured address, else the membership's.
+    /// Where to dial node `id`: its configured address, else the membership's, else as discovered.
     pub fn dial_address(&self, id: u64) -> Option<String> {
         if let Some(a) = self.settings.peer_address(id) {
             return Some(a.to_owned());
         }
-        self.state()
-            .members
+        let st = self.state();
+        st.members
             .iter()
             .find(|m| m.id as u64 == id)
             .map(|m| m.address.clone())
+            .or_else(|| st.discovered.get(&id).cloned())
+    }
+
+    /// Learns of peers from another node's answer: its members, and its leader.
+    pub fn discover(&self, status: &pb::NodeStatus) {
+        let mut st = self.state();
+        for m in &status.members {
+            if m.id != self.id && self.settings.peer_address(m.id).is_none() {
+                st.discovered.insert(m.id, m.address.clone());
+            }
+        }
+        if status.leader_id != 0
+            && status.leader_id != self.id
+            && !status.leader_address.is_empty()
+            && self.settings.peer_address(status.leader_id).is_none()
+        {
+            st.discovered
+                .insert(status.leader_id, status.leader_address.clone());
+        }
     }
 
     /// Every address to probe: configured peers, members and the join address, without this node.
@@ -291,12 +313,19 @@ impl Replication {
             .map(|(_, a)| a.clone())
             .collect();
         let configured: BTreeSet<u64> = self.settings.peers.iter().map(|(id, _)| *id).collect();
-        for m in &self.state().members {
+        let st = self.state();
+        for m in &st.members {
             let id = m.id as u64;
             if id != self.id && !configured.contains(&id) {
                 out.insert(m.address.clone());
             }
         }
+        for (id, address) in &st.discovered {
+            if *id != self.id && !configured.contains(id) {
+                out.insert(address.clone());
+            }
+        }
+        drop(st);
         if let Some(j) = &self.settings.join {
             out.insert(j.clone());
         }
@@ -541,9 +570,4 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Followers that a peer status lists, by id, for the cluster status.
-pub fn followers_of(s: &pb::NodeStatus) -> HashMap<u64, pb::FollowerProgress> {
-    s.followers.iter().map(|f| (f.id, f.clone())).collect()
 }

@@ -37,25 +37,40 @@ pub trait CommitSink: Send + 'static {
     fn committed(&self, updates: Vec<Update>, notes: Vec<Notification>, done: Done);
 }
 
-/// The callers of one committed batch, to be answered once.
-pub struct Done(Vec<Finish>);
+/// The callers of one committed batch, to be answered once: those that asked only for a local commit
+/// (`Writer::write_local`) hear back at once, the others when replication says so.
+pub struct Done {
+    acked: Vec<Finish>,
+}
 
 impl Done {
+    fn new(finishers: Vec<(Finish, bool)>) -> Done {
+        let mut acked = Vec::with_capacity(finishers.len());
+        for (finish, local) in finishers {
+            if local {
+                finish(Ok(()));
+            } else {
+                acked.push(finish);
+            }
+        }
+        Done { acked }
+    }
+
     pub fn succeed(self) {
-        for finish in self.0 {
+        for finish in self.acked {
             finish(Ok(()));
         }
     }
 
     /// Tells the callers their write is not acknowledged (it may still survive: the outcome is unknown).
     pub fn fail(self, error: &Error) {
-        for finish in self.0 {
+        for finish in self.acked {
             finish(Err(error));
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.acked.is_empty()
     }
 }
 
@@ -169,7 +184,8 @@ type Finish = Box<dyn FnOnce(Result<(), &Error>) + Send>;
 type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Finish + Send>;
 
 enum Msg {
-    Job(Job),
+    /// A request; `true` when it needs only the local commit, not the followers' acknowledgement.
+    Job(Job, bool),
     /// Replace the whole content with a snapshot file's, atomically.
     Install(PathBuf, oneshot::Sender<Result<NodeState>>),
 }
@@ -181,8 +197,11 @@ pub struct Writer {
 }
 
 const QUEUE: usize = 8192;
-/// The log is trimmed to `log_retention` entries once it holds this many more.
-const PRUNE_SLACK: i64 = 1024;
+/// The log is trimmed to `log_retention` entries once it holds an eighth more (at least 16), so trimming
+/// is an occasional bulk delete rather than one per batch.
+fn prune_slack(retention: i64) -> i64 {
+    (retention / 8).max(16)
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct WriterLimits {
@@ -210,8 +229,27 @@ impl Writer {
         Ok((Writer { tx }, thread))
     }
 
-    /// Runs `f` inside the next batch's transaction and returns its result once the batch is durable.
+    /// Runs `f` inside the next batch's transaction and returns its result once the batch is durable here
+    /// and acknowledged by replication.
     pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
+    {
+        self.submit(f, false).await
+    }
+
+    /// Like `write`, but returns once the batch is durable here (for the node's own bookkeeping: opening an
+    /// epoch, recording the in-sync set, promises), without waiting for followers.
+    pub async fn write_local<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
+    {
+        self.submit(f, true).await
+    }
+
+    async fn submit<T, F>(&self, f: F, local: bool) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
@@ -222,13 +260,13 @@ impl Writer {
             Box::new(move |commit: Result<(), &Error>| {
                 let out = match commit {
                     Ok(()) => result,
-                    Err(e) => Err(Error::internal(format!("commit failed: {e}"))),
+                    Err(e) => Err(e.duplicate()),
                 };
                 let _ = reply.send(out);
             })
         });
         self.tx
-            .send(Msg::Job(job))
+            .send(Msg::Job(job, local))
             .await
             .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
         rx.await
@@ -309,7 +347,7 @@ fn run(
     let mut held: Option<Msg> = None;
     while let Some(first) = held.take().or_else(|| rx.blocking_recv()) {
         match first {
-            Msg::Job(job) => jobs.push(job),
+            Msg::Job(job, local) => jobs.push((job, local)),
             Msg::Install(path, reply) => {
                 let result = install(&mut conn, &path, &state);
                 if let Ok(new) = &result {
@@ -322,7 +360,7 @@ fn run(
         }
         while jobs.len() < max_batch {
             match rx.try_recv() {
-                Ok(Msg::Job(job)) => jobs.push(job),
+                Ok(Msg::Job(job, local)) => jobs.push((job, local)),
                 Ok(install) => {
                     // Runs after this batch.
                     held = Some(install);
@@ -338,7 +376,7 @@ fn run(
             updates: Vec::new(),
             notes: Vec::new(),
         };
-        let mut finishers: Vec<Finish> = Vec::with_capacity(jobs.len());
+        let mut finishers: Vec<(Finish, bool)> = Vec::with_capacity(jobs.len());
         let mut shipped = false;
         let committed = conn.transaction::<(), Error, _>(|conn| {
             let mut ctx = WriteCtx {
@@ -346,10 +384,10 @@ fn run(
                 batch: &mut batch,
                 leader_epoch: &leader_epoch,
             };
-            for job in jobs.drain(..) {
-                finishers.push(job(&mut ctx));
+            for (job, local) in jobs.drain(..) {
+                finishers.push((job(&mut ctx), local));
             }
-            if ctx.batch.state.seq - log_first > retention + PRUNE_SLACK {
+            if ctx.batch.state.seq - log_first > retention + prune_slack(retention) {
                 let keep_from = ctx.batch.state.seq - retention + 1;
                 diesel::delete(
                     crate::store::schema::update_log::table
@@ -375,11 +413,14 @@ fn run(
                     seq = state.seq,
                     "batch committed"
                 );
-                sink.committed(batch.updates, batch.notes, Done(finishers));
+                sink.committed(batch.updates, batch.notes, Done::new(finishers));
             }
             Err(e) if !shipped => {
                 tracing::error!(error = %e, "batch failed to commit");
-                Done(finishers).fail(&e);
+                let e = Error::internal(format!("commit failed: {e}"));
+                for (finish, _) in finishers {
+                    finish(Err(&e));
+                }
             }
             Err(e) => {
                 // Its updates may already be on followers: carrying on would let this replica diverge.

@@ -85,7 +85,12 @@ impl Cluster {
         // Started together, as an operator would; they find each other in any order.
         let starts = ids.iter().map(|&id| {
             let args = cluster.args_for(id);
-            Server::start_node_at(cluster.dir.clone(), id, real(cluster.ports[&id]).to_string(), args)
+            Server::start_node_at(
+                cluster.dir.clone(),
+                id,
+                real(cluster.ports[&id]).to_string(),
+                args,
+            )
         });
         for server in futures_join_all(starts).await {
             cluster.nodes.insert(server.id(), server);
@@ -256,7 +261,11 @@ impl Cluster {
                     return;
                 }
                 if Instant::now() > deadline {
-                    panic!("not all in sync within {within:?}: {:?}\n{}", s.members, self.logs());
+                    panic!(
+                        "not all in sync within {within:?}: {:?}\n{}",
+                        s.members,
+                        self.logs()
+                    );
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -297,7 +306,10 @@ impl Cluster {
                 return first.clone();
             }
             if Instant::now() > deadline {
-                panic!("replicas did not converge within {within:?}: {ds:?}\n{}", self.logs());
+                panic!(
+                    "replicas did not converge within {within:?}: {ds:?}\n{}",
+                    self.logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -366,17 +378,20 @@ pub async fn send_retrying(
             }
         }
         if Instant::now() > deadline {
-            panic!("could not send {client_message_id} within {within:?}\n{}", cluster.logs());
+            panic!(
+                "could not send {client_message_id} within {within:?}\n{}",
+                cluster.logs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
 /// Runs futures concurrently and collects their outputs in order.
-async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
 where
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
-    F: Send + 'static,
 {
     let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
     let mut out = Vec::new();

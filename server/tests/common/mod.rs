@@ -73,7 +73,12 @@ impl Server {
     }
 
     /// A node listening on a fixed address (kept across restarts), as cluster members are.
-    pub async fn start_node_at(dir: Arc<TempDir>, id: u64, listen: String, args: Vec<String>) -> Server {
+    pub async fn start_node_at(
+        dir: Arc<TempDir>,
+        id: u64,
+        listen: String,
+        args: Vec<String>,
+    ) -> Server {
         let (child, addr) = spawn(dir.path(), id, &listen, &args).await;
         Server {
             dir,

@@ -1,5 +1,6 @@
-//! A TCP proxy between two cluster members, so tests can cut a link: while blocked, open connections are
-//! dropped and new ones are accepted but go nowhere (as through a dead network), until unblocked.
+//! A TCP proxy between two cluster members, so tests can cut a link: while blocked, nothing passes in
+//! either direction on open or new connections (as through a dead network: no reset, just silence); when
+//! unblocked, the connections cut meanwhile are closed and new ones pass again.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +17,9 @@ pub struct Proxy {
 impl Proxy {
     /// Listens on a free loopback port and forwards to `target`.
     pub async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding the proxy");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the proxy");
         let addr = listener.local_addr().expect("proxy address");
         let blocked = watch::Sender::new(false);
         let rx = blocked.subscribe();
@@ -65,13 +68,43 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, blocked: watch::
             };
             let _ = inbound.set_nodelay(true);
             let _ = outbound.set_nodelay(true);
-            let (mut ri, mut wi) = inbound.into_split();
-            let (mut ro, mut wo) = outbound.into_split();
-            tokio::select! {
-                _ = tokio::io::copy(&mut ri, &mut wo) => {}
-                _ = tokio::io::copy(&mut ro, &mut wi) => {}
-                _ = rx.wait_for(|b| *b) => {}
-            }
+            let (ri, wi) = inbound.into_split();
+            let (ro, wo) = outbound.into_split();
+            let up = tokio::spawn(pump(ri, wo, rx.clone()));
+            let down = tokio::spawn(pump(ro, wi, rx.clone()));
+            let _ = tokio::join!(up, down);
         });
+    }
+}
+
+/// Copies `from` to `to` until either side closes; while blocked, holds what it read and sends nothing,
+/// and once the block lifts the connection is dropped (it did not survive the outage).
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut blocked: watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            n = from.read(&mut buf) => Some(n),
+            _ = blocked.wait_for(|b| *b) => None,
+        };
+        let Some(n) = n else {
+            let _ = blocked.wait_for(|b| !*b).await;
+            return;
+        };
+        let n = match n {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if *blocked.borrow() {
+            let _ = blocked.wait_for(|b| !*b).await;
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
