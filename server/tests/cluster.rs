@@ -175,6 +175,45 @@ async fn a_killed_follower_never_stalls_writes_beyond_the_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_follower_holds_writes_up_only_for_the_replica_timeout() {
+    // Cut off (no reset, just silence), a follower is noticed only by its missing acknowledgements.
+    let mut cluster = Cluster::start_with_proxies(3, &["--replica-timeout-ms", "1000"]).await;
+    let leader = cluster.wait_leader(ELECT).await;
+    cluster.wait_in_sync(ELECT).await;
+    let (alice, _) = accounts(&mut cluster).await;
+    let follower = if leader == 3 { 2 } else { 3 };
+    cluster.isolate(follower);
+    let mut c = cluster.client(leader).await;
+    let mut slowest = Duration::ZERO;
+    for i in 0..10 {
+        let started = Instant::now();
+        c.send_message(authed(
+            pb::SendMessageRequest {
+                recipient: "bob".into(),
+                body: format!("while a follower is cut off {i}"),
+                client_message_id: format!("cut-{i}"),
+            },
+            &alice,
+        ))
+        .await
+        .expect("writes go on without the silent follower");
+        slowest = slowest.max(started.elapsed());
+    }
+    eprintln!("slowest write with follower {follower} cut off: {slowest:?}");
+    assert!(
+        slowest >= Duration::from_millis(500),
+        "no write waited for the follower: {slowest:?}"
+    );
+    assert!(
+        slowest < Duration::from_millis(2500),
+        "a write waited {slowest:?}"
+    );
+    cluster.heal();
+    cluster.wait_in_sync(CONVERGE).await;
+    cluster.wait_converged(CONVERGE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_follower_catches_up() {
     let mut cluster = Cluster::start(3, &[]).await;
     cluster.wait_leader(ELECT).await;
