@@ -240,7 +240,8 @@ pub async fn run(
         .await
         .map_err(|e| Error::internal(format!("gRPC server: {e}")))?;
 
-    // Every handler has finished; dropping the last writer handle lets the thread drain and stop.
+    // Every handler has finished: commit what was accepted and stop the writer.
+    node.writer.stop().await;
     drop(node);
     tokio::task::spawn_blocking(move || writer_thread.join())
         .await

@@ -462,11 +462,22 @@ async fn session_expires_after_its_ttl() {
     );
     let codes = authed_rpc_codes(&mut c, Some(&token), "bob", PW, 1).await;
     assert_all_unauthenticated(&codes, "after expiry");
-    // A new login works again.
+    // A new login works again, and removes the expired session from the database.
+    let old_hash = baton_server::chat::auth::token_hash(&token);
     let token = login(&mut c, "alice", PW).await.session_token;
     c.list_accounts(authed(page_req("", 0, ""), &token))
         .await
         .expect("a new session works");
+    let mut db = server.open_db();
+    let left: i64 = {
+        use baton_server::store::schema::sessions;
+        sessions::table
+            .filter(sessions::token_hash.eq(old_hash))
+            .count()
+            .get_result(&mut db)
+            .unwrap()
+    };
+    assert_eq!(left, 0, "the expired session is still stored");
 }
 
 #[tokio::test]

@@ -214,6 +214,32 @@ async fn a_silent_follower_holds_writes_up_only_for_the_replica_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_leader_or_follower_promptly_and_cleanly() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_leader(ELECT).await;
+    let (alice, _) = accounts(&mut cluster).await;
+    let acked = send_n(&mut cluster, &alice, "a", 10).await;
+    cluster.wait_in_sync(ELECT).await;
+    let follower = if leader == 3 { 2 } else { 3 };
+    for id in [follower, leader] {
+        let started = Instant::now();
+        let exit = cluster.node_mut(id).terminate().await;
+        assert!(exit.success(), "node {id} exited with {exit}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "node {id} took {:?} to stop",
+            started.elapsed()
+        );
+        assert!(cluster.node(id).log().contains("stopped"));
+    }
+    cluster.restart(leader).await;
+    cluster.restart(follower).await;
+    cluster.wait_in_sync(CONVERGE).await;
+    assert_all_present(&mut cluster, &alice, &acked).await;
+    cluster.wait_converged(CONVERGE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_follower_catches_up() {
     let mut cluster = Cluster::start(3, &[]).await;
     cluster.wait_leader(ELECT).await;

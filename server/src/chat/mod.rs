@@ -85,6 +85,15 @@ pub fn create_session(
         }
     }
     let now = ctx.now_ms();
+    // Expired sessions of this account are removed as it logs in again, so they do not pile up.
+    let expired: Vec<Vec<u8>> = sessions::table
+        .filter(sessions::user_id.eq(user.id))
+        .filter(sessions::expires_at_ms.le(now))
+        .select(sessions::token_hash)
+        .load(ctx.conn())?;
+    for token_hash in expired {
+        ctx.emit(Op::DeleteSession(DeleteSession { token_hash }))?;
+    }
     let expires_at_ms = now.saturating_add(ttl_ms);
     ctx.emit(Op::CreateSession(CreateSession {
         token_hash,

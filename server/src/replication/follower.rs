@@ -206,10 +206,15 @@ pub fn accept(node: Arc<Node>, mut batches: Streaming<pb::UpdateBatch>) -> AckSt
     });
     tokio::spawn(async move {
         let mut first = true;
-        while let Some(batch) = batches.next().await {
+        let mut shutdown = node.shutdown.clone();
+        loop {
+            let batch = tokio::select! {
+                b = batches.next() => b,
+                _ = shutdown.wait_for(|s| *s) => break,
+            };
             let batch = match batch {
-                Ok(b) => b,
-                Err(_) => break,
+                Some(Ok(b)) => b,
+                _ => break,
             };
             if let Err(e) = admit(&node, &batch, first).await {
                 let _ = tx

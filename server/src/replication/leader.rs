@@ -63,7 +63,12 @@ pub async fn register(node: Arc<Node>, req: pb::RegisterRequest) -> Result<Regis
     let (tx, rx) = mpsc::channel(8);
     let address = rep.dial_address(fid).unwrap_or_else(|| req.address.clone());
     tokio::spawn(async move {
-        match bring_up_to_date(&node, &req, &tx).await {
+        let mut shutdown = node.shutdown.clone();
+        let result = tokio::select! {
+            r = bring_up_to_date(&node, &req, &tx) => r,
+            _ = shutdown.wait_for(|s| *s) => Err(Error::Unavailable("the leader is shutting down".into())),
+        };
+        match result {
             Ok(last_sent) => {
                 tracing::info!(follower = fid, seq = last_sent, "follower registered");
                 start_replicator(node, fid, address, last_sent + 1);
@@ -286,7 +291,11 @@ fn start_replicator(node: Arc<Node>, fid: u64, address: String, next: u64) {
     };
     let epoch = rep.leader_epoch.load(Ordering::SeqCst);
     tokio::spawn(async move {
-        let result = replicate(&node, fid, &address, next, generation, epoch).await;
+        let mut shutdown = node.shutdown.clone();
+        let result = tokio::select! {
+            r = replicate(&node, fid, &address, next, generation, epoch) => r,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
         if let Err(e) = &result {
             tracing::warn!(follower = fid, error = %e, "replication to follower stopped");
         }

@@ -188,6 +188,8 @@ enum Msg {
     Job(Job, bool),
     /// Replace the whole content with a snapshot file's, atomically.
     Install(PathBuf, oneshot::Sender<Result<NodeState>>),
+    /// Finish what is queued before this and stop.
+    Stop,
 }
 
 /// A cheap handle to the writer thread. The thread stops once every handle is dropped and the queue is empty.
@@ -271,6 +273,12 @@ impl Writer {
             .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
         rx.await
             .map_err(|_| Error::Unavailable("the server is shutting down".into()))?
+    }
+
+    /// Asks the thread to stop once everything queued so far is committed (handles may outlive the server
+    /// in background tasks, so dropping them is not enough).
+    pub async fn stop(&self) {
+        let _ = self.tx.send(Msg::Stop).await;
     }
 
     /// Replaces every table's content with the snapshot's in one transaction (so a crash leaves either the
@@ -357,13 +365,14 @@ fn run(
                 let _ = reply.send(result);
                 continue;
             }
+            Msg::Stop => break,
         }
         while jobs.len() < max_batch {
             match rx.try_recv() {
                 Ok(Msg::Job(job, local)) => jobs.push((job, local)),
-                Ok(install) => {
-                    // Runs after this batch.
-                    held = Some(install);
+                Ok(other) => {
+                    // An install or a stop: runs after this batch.
+                    held = Some(other);
                     break;
                 }
                 Err(_) => break,
