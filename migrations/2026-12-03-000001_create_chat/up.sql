@@ -5,7 +5,9 @@ CREATE TABLE users (
     id INTEGER PRIMARY KEY NOT NULL,
     username TEXT NOT NULL UNIQUE COLLATE NOCASE,
     password_hash TEXT NOT NULL,
-    created_at_ms BIGINT NOT NULL
+    created_at_ms BIGINT NOT NULL,
+    -- The seq of the update that created it, so that deleting the account can redact that log entry.
+    log_seq BIGINT NOT NULL DEFAULT 0
 );
 
 CREATE TABLE sessions (
@@ -24,7 +26,9 @@ CREATE TABLE messages (
     sent_at_ms BIGINT NOT NULL,
     is_read BOOLEAN NOT NULL DEFAULT 0,
     -- Empty when the client gave no idempotency key.
-    client_message_id TEXT NOT NULL DEFAULT ''
+    client_message_id TEXT NOT NULL DEFAULT '',
+    -- The seq of the update that inserted it, so that deleting it can redact the body from the log too.
+    log_seq BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX messages_recipient_unread ON messages(recipient_id, is_read, id);
 CREATE INDEX messages_sender ON messages(sender_id, id);

@@ -1959,3 +1959,63 @@ async fn subscribe_replays_deletions_missed_while_away() {
         assert_eq!(caught_up.last_deletion_id, 2);
     }
 }
+
+#[tokio::test]
+async fn deleted_bodies_and_deleted_accounts_do_not_linger_on_disk() {
+    let mut server = Server::start().await;
+    let mut c = server.client().await;
+    let alice = create_and_login(&mut c, "alice", PW).await;
+    let bob = create_and_login(&mut c, "bob", PW).await;
+    let secret = "the-launch-code-is-0000-zebra";
+    let kept = "this-one-stays-put-please";
+    let m = send(&mut c, &alice, "bob", secret).await;
+    send(&mut c, &bob, "alice", kept).await;
+    let removed = c
+        .delete_messages(authed(
+            pb::DeleteMessagesRequest {
+                message_ids: vec![m.id],
+            },
+            &bob,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(removed.deleted_ids, vec![m.id]);
+    // Carol's account (and its password hash) goes too.
+    let carol = create_and_login(&mut c, "carol", PW).await;
+    let carol_hash: String = {
+        use baton_server::store::schema::users;
+        users::table
+            .filter(users::username.eq("carol"))
+            .select(users::password_hash)
+            .first(&mut server.open_db())
+            .unwrap()
+    };
+    c.delete_account(authed(
+        pb::DeleteAccountRequest {
+            password: PW.into(),
+        },
+        &carol,
+    ))
+    .await
+    .unwrap();
+    let exit = server.terminate().await;
+    assert!(exit.success());
+    let files = server.db_files();
+    assert!(
+        files
+            .iter()
+            .any(|(_, bytes)| contains_bytes(bytes, kept.as_bytes())),
+        "the check would not see a body that is there"
+    );
+    for (name, bytes) in &files {
+        assert!(
+            !contains_bytes(bytes, secret.as_bytes()),
+            "a deleted body is still in {name}"
+        );
+        assert!(
+            !contains_bytes(bytes, carol_hash.as_bytes()),
+            "a deleted account's password hash is still in {name}"
+        );
+    }
+}

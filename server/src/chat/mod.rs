@@ -57,6 +57,7 @@ pub fn create_user(ctx: &mut WriteCtx<'_>, username: &str, password_hash: String
         username: username.to_owned(),
         password_hash,
         created_at_ms: ctx.now_ms(),
+        log_seq: 0,
     };
     ctx.emit(Op::CreateUser(CreateUser {
         user_id: user.id,
@@ -144,6 +145,7 @@ pub fn send_message(
         sent_at_ms: ctx.now_ms(),
         is_read: false,
         client_message_id: client_message_id.to_owned(),
+        log_seq: 0,
     };
     ctx.emit(Op::InsertMessage(InsertMessage {
         message_id: row.id,

@@ -75,6 +75,31 @@ pub fn write_state(conn: &mut SqliteConnection, state: &NodeState) -> Result<()>
     Ok(())
 }
 
+/// Blanks the secrets of the log entry at `seq` (a deleted message's body, a deleted account's password
+/// hash), so that what was deleted does not linger in the log. Replaying the redacted entry and the deletion
+/// after it still ends in the same state.
+fn redact(conn: &mut SqliteConnection, seq: i64) -> Result<()> {
+    let payload: Option<Vec<u8>> = update_log::table
+        .find(seq)
+        .select(update_log::payload)
+        .first(conn)
+        .optional()?;
+    let Some(payload) = payload else {
+        return Ok(());
+    };
+    let mut entry = Update::decode(payload.as_slice())
+        .map_err(|e| Error::internal(format!("corrupt log entry {seq}: {e}")))?;
+    match entry.op.as_mut() {
+        Some(Op::InsertMessage(m)) => m.body.clear(),
+        Some(Op::CreateUser(u)) => u.password_hash.clear(),
+        _ => return Ok(()),
+    }
+    diesel::update(update_log::table.find(seq))
+        .set(update_log::payload.eq(entry.encode_to_vec()))
+        .execute(conn)?;
+    Ok(())
+}
+
 pub fn read_members(conn: &mut SqliteConnection) -> Result<Vec<Member>> {
     Ok(members::table
         .order(members::id)
@@ -116,7 +141,7 @@ pub fn apply(
         .op
         .as_ref()
         .ok_or_else(|| Error::invalid("update without an operation"))?;
-    apply_op(conn, state, op, out)?;
+    apply_op(conn, state, seq, op, out)?;
     diesel::insert_into(update_log::table)
         .values((
             update_log::seq.eq(seq),
@@ -132,6 +157,7 @@ pub fn apply(
 fn apply_op(
     conn: &mut SqliteConnection,
     state: &mut NodeState,
+    seq: i64,
     op: &Op,
     out: &mut Vec<Notification>,
 ) -> Result<()> {
@@ -160,6 +186,7 @@ fn apply_op(
                     username: u.username.clone(),
                     password_hash: u.password_hash.clone(),
                     created_at_ms: u.created_at_ms,
+                    log_seq: seq,
                 })
                 .execute(conn)?;
             state.next_user_id = state.next_user_id.max(u.user_id + 1);
@@ -195,6 +222,7 @@ fn apply_op(
                 sent_at_ms: m.sent_at_ms,
                 is_read: false,
                 client_message_id: m.client_message_id.clone(),
+                log_seq: seq,
             };
             diesel::insert_into(messages::table)
                 .values(&row)
@@ -261,6 +289,7 @@ fn apply_op(
                     .values(&tomb)
                     .execute(conn)?;
                 diesel::delete(messages::table.find(message_id)).execute(conn)?;
+                redact(conn, m.log_seq)?;
                 state.next_deletion_id = state.next_deletion_id.max(tomb.id + 1);
                 views.push(DeletionView {
                     deletion_id: tomb.id,
@@ -282,7 +311,15 @@ fn apply_op(
                 .load(conn)?;
             diesel::delete(sessions::table.filter(sessions::user_id.eq(u.user_id)))
                 .execute(conn)?;
+            let log_seq: Option<i64> = users::table
+                .find(u.user_id)
+                .select(users::log_seq)
+                .first(conn)
+                .optional()?;
             diesel::delete(users::table.find(u.user_id)).execute(conn)?;
+            if let Some(log_seq) = log_seq {
+                redact(conn, log_seq)?;
+            }
             for token_hash in tokens {
                 out.push(Notification::SessionEnded { token_hash });
             }

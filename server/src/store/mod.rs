@@ -33,7 +33,8 @@ fn pragmas(sync: SyncMode) -> String {
     // busy_timeout first: the switch to WAL takes an exclusive lock that other connections must wait for.
     format!(
         "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; \
-         PRAGMA foreign_keys = ON;",
+         PRAGMA foreign_keys = ON; \
+         PRAGMA secure_delete = ON;",
         BUSY_TIMEOUT.as_millis()
     )
 }

@@ -11,6 +11,7 @@ pub struct User {
     pub username: String,
     pub password_hash: String,
     pub created_at_ms: i64,
+    pub log_seq: i64,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -32,6 +33,7 @@ pub struct Message {
     pub sent_at_ms: i64,
     pub is_read: bool,
     pub client_message_id: String,
+    pub log_seq: i64,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

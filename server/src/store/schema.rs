@@ -6,6 +6,7 @@ diesel::table! {
         username -> Text,
         password_hash -> Text,
         created_at_ms -> BigInt,
+        log_seq -> BigInt,
     }
 }
 
@@ -27,6 +28,7 @@ diesel::table! {
         sent_at_ms -> BigInt,
         is_read -> Bool,
         client_message_id -> Text,
+        log_seq -> BigInt,
     }
 }
 
