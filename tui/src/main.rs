@@ -1,9 +1,202 @@
-//! `baton`: the terminal client. The full-screen client comes next; for now this says how to start a server.
+//! `baton`: the terminal client. This file parses flags, reads the config, sets up file logging, owns the
+//! terminal, and runs the one event loop that feeds keys, client events and ticks to `App::update` and
+//! turns the `Command`s it returns into calls on the network client.
 
-fn main() {
-    println!(
-        "baton {}: the terminal client is not built yet.\n\
-         Start a server with `cargo run -p baton-server -- --data-dir ./data`.",
-        env!("CARGO_PKG_VERSION")
-    );
+mod app;
+mod client;
+mod composer;
+mod config;
+mod sanitize;
+mod terminal;
+mod timefmt;
+mod ui;
+mod wrap;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use crossterm::event::{Event, KeyEventKind};
+use tokio::sync::mpsc;
+
+use crate::app::{Action, App, Command};
+use crate::client::Client;
+
+/// Baton: a terminal chat client for a replicated Baton cluster.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Flags {
+    /// A cluster member to contact (repeat for each; any member will do, the client finds the leader).
+    /// Default: the config file's `servers`, else 127.0.0.1:7001, :7002 and :7003.
+    #[arg(long = "server", value_name = "HOST:PORT")]
+    servers: Vec<String>,
+    /// Config file (default: $XDG_CONFIG_HOME/baton/config.toml, else the platform's config directory).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Username to fill in on the sign-in screen.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+}
+
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The terminal is restored by now (the guard drops first), so this is readable.
+            eprintln!("baton: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    let cfg = config::load(flags.config.as_deref())?;
+    // The local UTC offset can only be read safely while the process has a single thread, so before tokio.
+    let utc_offset_s = time::UtcOffset::current_local_offset()
+        .map(|o| o.whole_seconds())
+        .unwrap_or(0);
+    let servers = config::servers(&flags.servers, &cfg);
+    let user = flags.user.or(cfg.user.clone());
+    let (log_dir, _log_guard) = init_logging(&cfg)?;
+    tracing::info!(?servers, log_dir = %log_dir.display(), "baton starting");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(run(servers, user, utc_offset_s));
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "baton stopped with an error");
+    }
+    result
+}
+
+/// Logs go to a daily file in the cache directory: the screen belongs to the UI.
+fn init_logging(
+    cfg: &config::Config,
+) -> anyhow::Result<(PathBuf, tracing_appender::non_blocking::WorkerGuard)> {
+    let dir = config::log_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let appender = tracing_appender::rolling::daily(&dir, "baton.log");
+    let (writer, guard) = tracing_appender::non_blocking(appender);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(false)
+        .init();
+    Ok((dir, guard))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn run(servers: Vec<String>, user: Option<String>, utc_offset_s: i32) -> anyhow::Result<()> {
+    let (client, mut client_events) = Client::start(servers.clone());
+    let mut app = App::new(servers, user, now_ms(), utc_offset_s);
+    let mut term = terminal::Terminal::enter()?;
+    let (w, h) = term.size()?;
+    app.update(Action::Resize(w, h));
+
+    // crossterm's reader blocks, so it gets a thread of its own; it dies with the process.
+    let (term_tx, mut term_events) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("terminal-input".into())
+        .spawn(move || {
+            while let Ok(ev) = crossterm::event::read() {
+                if term_tx.send(ev).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("starting the input thread")?;
+
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut client_open = true;
+    term.draw(&app)?;
+    loop {
+        let action = tokio::select! {
+            ev = term_events.recv() => match ev {
+                Some(Event::Key(k)) if k.kind == KeyEventKind::Release => continue,
+                Some(Event::Key(k)) => Action::Key(k),
+                Some(Event::Paste(text)) => Action::Paste(text),
+                Some(Event::Resize(w, h)) => Action::Resize(w, h),
+                Some(_) => continue,
+                None => anyhow::bail!("the terminal input closed"),
+            },
+            ev = client_events.recv(), if client_open => match ev {
+                Some(ev) => Action::Client(ev),
+                None => {
+                    tracing::warn!("the network client stopped");
+                    client_open = false;
+                    continue;
+                }
+            },
+            _ = tick.tick() => Action::Tick(now_ms()),
+        };
+        let mut quit = false;
+        for cmd in app.update(action) {
+            match cmd {
+                Command::Quit => quit = true,
+                Command::Redraw => term.clear()?,
+                other => execute(&client, other),
+            }
+        }
+        if quit {
+            break;
+        }
+        term.draw(&app)?;
+    }
+    term.leave()?;
+    Ok(())
+}
+
+/// The only place the UI meets the network client: each `Command` is one fire-and-forget call.
+fn execute(client: &Client, cmd: Command) {
+    tracing::debug!(command = command_name(&cmd), "command");
+    match cmd {
+        Command::CreateAccount { username, password } => client.create_account(username, password),
+        Command::Login { username, password } => client.login(username, password),
+        Command::Logout => client.logout(),
+        Command::DeleteAccount { password } => client.delete_account(password),
+        Command::Send { to, body } => {
+            // The client reports the new message as `Outgoing{Pending}` at once, so the id is not needed here.
+            let _ = client.send(to, body);
+        }
+        Command::Retry { local_id } => client.retry(local_id),
+        Command::LoadConversations => client.load_conversations(),
+        Command::LoadHistory { peer, before_id } => client.load_history(peer, before_id),
+        Command::SearchAccounts {
+            pattern,
+            page_token,
+        } => client.search_accounts(pattern, page_token),
+        Command::MarkRead { peer, up_to_id } => client.mark_read(peer, up_to_id),
+        Command::DeleteMessages { ids } => client.delete_messages(ids),
+        Command::Redraw | Command::Quit => {}
+    }
+}
+
+/// For the log: never the arguments (passwords, message bodies).
+fn command_name(cmd: &Command) -> &'static str {
+    match cmd {
+        Command::CreateAccount { .. } => "create_account",
+        Command::Login { .. } => "login",
+        Command::Logout => "logout",
+        Command::DeleteAccount { .. } => "delete_account",
+        Command::Send { .. } => "send",
+        Command::Retry { .. } => "retry",
+        Command::LoadConversations => "load_conversations",
+        Command::LoadHistory { .. } => "load_history",
+        Command::SearchAccounts { .. } => "search_accounts",
+        Command::MarkRead { .. } => "mark_read",
+        Command::DeleteMessages { .. } => "delete_messages",
+        Command::Redraw => "redraw",
+        Command::Quit => "quit",
+    }
 }

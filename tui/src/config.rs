@@ -1,0 +1,101 @@
+//! The config file (TOML) and where things live on disk. The file is looked for in `$XDG_CONFIG_HOME/baton/`
+//! first, as iamb does, because the `directories` default on macOS (`~/Library/Application Support`)
+//! surprises terminal users; otherwise in the platform's config directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// Used when neither a flag nor the config file names a server: the three servers of `just cluster`.
+pub const DEFAULT_SERVERS: [&str; 3] = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"];
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub servers: Vec<String>,
+    pub user: Option<String>,
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            servers: Vec::new(),
+            user: None,
+            log_level: "info".into(),
+        }
+    }
+}
+
+fn dirs() -> Option<directories::ProjectDirs> {
+    directories::ProjectDirs::from("", "", "baton")
+}
+
+/// Where the config file is looked for when `--config` is not given.
+pub fn default_config_path() -> Option<PathBuf> {
+    if let Some(xdg) = std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(xdg).join("baton").join("config.toml"));
+    }
+    dirs().map(|d| d.config_dir().join("config.toml"))
+}
+
+/// Where the log files go: the cache directory (they can be deleted at any time), else the temp dir.
+pub fn log_dir() -> PathBuf {
+    dirs().map_or_else(
+        || std::env::temp_dir().join("baton"),
+        |d| d.cache_dir().to_path_buf(),
+    )
+}
+
+/// Reads the config: an explicit `--config` must exist; the default file may be absent.
+pub fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
+    let (path, required) = match explicit {
+        Some(p) => (p.to_path_buf(), true),
+        None => match default_config_path() {
+            Some(p) => (p, false),
+            None => return Ok(Config::default()),
+        },
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse(&text).with_context(|| format!("reading {}", path.display())),
+        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+pub fn parse(text: &str) -> anyhow::Result<Config> {
+    Ok(toml::from_str(text)?)
+}
+
+/// Flags win over the file; the file over the defaults.
+pub fn servers(flags: &[String], cfg: &Config) -> Vec<String> {
+    if !flags.is_empty() {
+        flags.to_vec()
+    } else if !cfg.servers.is_empty() {
+        cfg.servers.clone()
+    } else {
+        DEFAULT_SERVERS.iter().map(|s| s.to_string()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses() {
+        let cfg = parse(include_str!("../../assets/baton.example.toml")).unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn server_precedence() {
+        let cfg = parse("servers = [\"a:1\"]\nuser = \"alice\"").unwrap();
+        assert_eq!(cfg.user.as_deref(), Some("alice"));
+        assert_eq!(servers(&["b:2".into()], &cfg), vec!["b:2"]);
+        assert_eq!(servers(&[], &cfg), vec!["a:1"]);
+        assert_eq!(servers(&[], &Config::default()).len(), 3);
+        assert!(parse("sever = []").is_err(), "typos are reported");
+    }
+}

@@ -1,0 +1,134 @@
+//! Makes untrusted text (anything that came from the network) safe to put on the terminal: control characters,
+//! escape sequences and bidirectional overrides are shown as visible stand-ins instead of being interpreted,
+//! and tabs are expanded so that width computations stay right.
+
+use unicode_segmentation::UnicodeSegmentation;
+use unicode_width::UnicodeWidthStr;
+
+/// Tab stops every this many columns, like most terminals' default of 8 halved: chat lines are narrow.
+pub const TAB_WIDTH: usize = 4;
+
+/// The visible stand-in for a character that must never reach the terminal as-is, or `None` if it is safe.
+///
+/// C0 controls become the Unicode "control pictures" (`ESC` → `␛`), so an escape sequence shows as `␛[2J`
+/// rather than clearing the screen. C1 controls (which some terminals also treat as escapes) and the
+/// bidirectional controls (which can make text read differently from what it is, "Trojan Source") are shown
+/// by their code point.
+fn stand_in(c: char) -> Option<String> {
+    match c {
+        '\u{0}'..='\u{1f}' => char::from_u32(0x2400 + c as u32).map(String::from),
+        '\u{7f}' => Some("␡".into()),
+        '\u{80}'..='\u{9f}'
+        | '\u{061c}'
+        | '\u{200e}'
+        | '\u{200f}'
+        | '\u{202a}'..='\u{202e}'
+        | '\u{2066}'..='\u{2069}' => Some(format!("<U+{:04X}>", c as u32)),
+        _ => None,
+    }
+}
+
+/// One line of untrusted text for a one-line place (a conversation preview, a name): newlines become `␤`,
+/// tabs a space, other controls their stand-ins.
+pub fn sanitize_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\t' => out.push(' '),
+            '\n' => out.push('␤'),
+            _ => match stand_in(c) {
+                Some(r) => out.push_str(&r),
+                None => out.push(c),
+            },
+        }
+    }
+    out
+}
+
+/// A multi-line untrusted text (a message body), split into its lines: tabs expand to the next tab stop,
+/// `\r\n` counts as one line break, and every other control shows as its stand-in.
+pub fn sanitize_text(s: &str) -> Vec<String> {
+    let normalised = s.replace("\r\n", "\n");
+    normalised
+        .split('\n')
+        .map(sanitize_one_line_expanding_tabs)
+        .collect()
+}
+
+fn sanitize_one_line_expanding_tabs(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut col = 0usize;
+    for g in line.graphemes(true) {
+        if g == "\t" {
+            let n = TAB_WIDTH - col % TAB_WIDTH;
+            out.extend(std::iter::repeat_n(' ', n));
+            col += n;
+            continue;
+        }
+        // A grapheme may hold a control (e.g. "\r" joined with nothing, or a combining mark after ESC), so
+        // look at each char; the safe ones go through untouched, keeping the cluster intact.
+        if g.chars().any(|c| stand_in(c).is_some()) {
+            for c in g.chars() {
+                match stand_in(c) {
+                    Some(r) => {
+                        col += r.width();
+                        out.push_str(&r);
+                    }
+                    None => {
+                        let mut b = [0u8; 4];
+                        let s = c.encode_utf8(&mut b);
+                        col += s.width();
+                        out.push(c);
+                    }
+                }
+            }
+        } else {
+            col += g.width();
+            out.push_str(g);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_sequences_are_shown_not_interpreted() {
+        assert_eq!(sanitize_line("a\x1b[2Jb"), "a␛[2Jb");
+        assert_eq!(sanitize_line("bell\x07"), "bell␇");
+        assert_eq!(sanitize_line("nul\0"), "nul␀");
+        assert_eq!(sanitize_line("del\x7f"), "del␡");
+        assert_eq!(sanitize_line("csi\u{9b}31m"), "csi<U+009B>31m");
+        assert_eq!(sanitize_line("\u{202e}evil"), "<U+202E>evil");
+        for s in [
+            sanitize_line("\x1b]0;title\x07"),
+            sanitize_text("x\x1bc\ry").concat(),
+        ] {
+            assert!(!s.chars().any(|c| c.is_control()), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn newlines_in_one_line_places() {
+        assert_eq!(sanitize_line("a\nb\tc"), "a␤b c");
+    }
+
+    #[test]
+    fn text_splits_lines_and_expands_tabs() {
+        assert_eq!(sanitize_text("a\tb\r\nab\tc"), vec!["a   b", "ab  c"]);
+        assert_eq!(sanitize_text("\tx"), vec!["    x"]);
+        // A wide character counts two columns towards the tab stop.
+        assert_eq!(sanitize_text("日\tx"), vec!["日  x"]);
+        assert_eq!(sanitize_text("lone\rcr"), vec!["lone␍cr"]);
+        assert_eq!(sanitize_text(""), vec![""]);
+    }
+
+    #[test]
+    fn ordinary_text_is_untouched() {
+        let s = "héllo 日本語 👩‍👩‍👧 e\u{301}";
+        assert_eq!(sanitize_line(s), s);
+        assert_eq!(sanitize_text(s), vec![s]);
+    }
+}
