@@ -98,7 +98,10 @@ pub enum ClientEvent {
     Cluster(ClusterView),
     Failover(Failover),
     /// Signed in (also after `create_account`, which logs in).
-    LoggedIn { username: String, unread: u64 },
+    LoggedIn {
+        username: String,
+        unread: u64,
+    },
     /// Sign-in or account creation refused: a message for the person ("that name is taken", "wrong
     /// password", "no server reachable at ...").
     AuthFailed(String),
@@ -121,7 +124,12 @@ pub enum ClientEvent {
     /// These message ids were read by their recipient.
     Read(Vec<u64>),
     /// An outgoing message changed state.
-    Outgoing { local_id: LocalId, to: String, body: String, state: Outgoing },
+    Outgoing {
+        local_id: LocalId,
+        to: String,
+        body: String,
+        state: Outgoing,
+    },
     /// A page of account search results.
     Accounts {
         pattern: String,
