@@ -1,64 +1,141 @@
-//! Placeholder for the failover client (being written separately): the same API, doing nothing, so the UI
-//! builds and runs. It is replaced wholesale at merge time.
+//! The failover client: a cheap handle the UI calls without ever waiting, and one worker task behind it that
+//! finds the cluster's leader, follows it across failovers, keeps the session and one Subscribe stream
+//! alive, and sends typed messages exactly once and in order. Everything the UI learns arrives as a
+//! [`ClientEvent`] on the receiver returned by [`Client::start`].
 
-// The placeholder constructs none of the events; the real client does.
-#[allow(dead_code)]
+mod outbox;
+mod policy;
 pub mod types;
-pub use types::*;
+mod wire;
+mod worker;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A cheap cloneable handle. The placeholder keeps the event sender alive so that the UI's receiver stays
-/// open (a closed channel would look like a dead client) but never sends on it.
-#[derive(Clone)]
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+
+pub use types::*;
+use worker::Command;
+
+/// A handle to the worker. Clones share the worker; when the last one is dropped the worker stops and
+/// closes every connection. Every method returns at once: results, including errors, arrive as events.
+#[derive(Debug, Clone)]
 pub struct Client {
-    _events: Arc<UnboundedSender<ClientEvent>>,
-    next_local: Arc<AtomicU64>,
+    commands: UnboundedSender<Command>,
 }
 
 impl Client {
+    /// Spawns the worker on the current tokio runtime (panics outside one, like `tokio::spawn`).
+    /// `servers` are `HOST:PORT` addresses of cluster members, tried in this order; members the cluster
+    /// reports are learned on the way.
     pub fn start(servers: Vec<String>) -> (Client, UnboundedReceiver<ClientEvent>) {
-        let _ = servers;
-        let (tx, rx) = unbounded_channel();
-        let client = Client {
-            _events: Arc::new(tx),
-            next_local: Arc::new(AtomicU64::new(1)),
-        };
-        (client, rx)
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (events, event_rx) = mpsc::unbounded_channel();
+        tokio::spawn(worker::run(servers, command_rx, events));
+        (Client { commands }, event_rx)
     }
+
+    fn command(&self, cmd: Command) {
+        // Only fails if the worker has stopped, and then nobody is listening for an answer either.
+        if self.commands.send(cmd).is_err() {
+            tracing::debug!("the client worker has stopped");
+        }
+    }
+
+    /// Creates the account, then logs in: `LoggedIn`, or `AuthFailed` with the reason.
     pub fn create_account(&self, username: String, password: String) {
-        let _ = (username, password);
+        self.command(Command::CreateAccount { username, password });
     }
+
     pub fn login(&self, username: String, password: String) {
-        let _ = (username, password);
+        self.command(Command::Login { username, password });
     }
-    pub fn logout(&self) {}
+
+    /// Forgets the session at once (`LoggedOut`) and tells the server when it can. Messages still
+    /// waiting in the outbox become `Failed` (they can be retried after logging in again).
+    pub fn logout(&self) {
+        self.command(Command::Logout);
+    }
+
+    /// `AccountDeleted` then `LoggedOut`, or a `Notice` saying why not.
     pub fn delete_account(&self, password: String) {
-        let _ = password;
+        self.command(Command::DeleteAccount { password });
     }
+
+    /// Queues a message; `Outgoing{Pending}` is emitted at once, then `Sent` or `Failed`. The returned id
+    /// is also the message's idempotency key, so resends after a failover never store it twice.
     pub fn send(&self, to: String, body: String) -> LocalId {
-        let _ = (to, body);
-        LocalId(format!(
-            "placeholder-{}",
-            self.next_local.fetch_add(1, Ordering::Relaxed)
-        ))
+        let local_id = new_local_id();
+        self.command(Command::Send {
+            local_id: local_id.clone(),
+            to,
+            body,
+        });
+        local_id
     }
+
+    /// Puts a `Failed` message back in the outbox (at the end, with the same id).
     pub fn retry(&self, local_id: LocalId) {
-        let _ = local_id;
+        self.command(Command::Retry(local_id));
     }
-    pub fn load_conversations(&self) {}
+
+    pub fn load_conversations(&self) {
+        self.command(Command::LoadConversations);
+    }
+
+    /// One page of history with `peer`, older than `before_id` (0: the newest page).
     pub fn load_history(&self, peer: String, before_id: u64) {
-        let _ = (peer, before_id);
+        self.command(Command::LoadHistory { peer, before_id });
     }
+
+    /// Accounts matching the glob `pattern`; `page_token` is "" or the previous page's `next_page_token`.
     pub fn search_accounts(&self, pattern: String, page_token: String) {
-        let _ = (pattern, page_token);
+        self.command(Command::SearchAccounts {
+            pattern,
+            page_token,
+        });
     }
+
+    /// Marks read every message from `peer` up to and including `up_to_id`; the change comes back as a
+    /// `Read` event on the subscription.
     pub fn mark_read(&self, peer: String, up_to_id: u64) {
-        let _ = (peer, up_to_id);
+        self.command(Command::MarkRead { peer, up_to_id });
     }
+
+    /// Deletes messages for both sides; `Deleted` with the ids actually deleted.
     pub fn delete_messages(&self, ids: Vec<u64>) {
-        let _ = ids;
+        self.command(Command::DeleteMessages(ids));
+    }
+}
+
+/// 128 random bits in hex: unique across clients without coordination, as an idempotency key must be.
+fn new_local_id() -> LocalId {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness (practically never): the time and a counter are unique within this client,
+        // and the server scopes idempotency keys to the sender.
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        bytes[..8].copy_from_slice(&nanos.to_le_bytes());
+        bytes[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    }
+    LocalId(hex::encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_ids_are_128_bit_hex_and_distinct() {
+        let a = new_local_id();
+        let b = new_local_id();
+        assert_eq!(a.0.len(), 32);
+        assert!(a.0.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+        assert!(a.0.len() <= baton_proto::limits::CLIENT_MESSAGE_ID_MAX_BYTES);
     }
 }
