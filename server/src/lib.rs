@@ -104,9 +104,17 @@ impl Node {
                     .filter(|(_, s, _)| s.id == id)
                     .max_by_key(|(_, _, at)| *at);
                 let (role, up, seq, epoch, ago) = match answer {
-                    Some((_, s, at)) => (
+                    // A member that stopped answering has no role we can vouch for.
+                    Some((_, s, at)) if at.elapsed() < fresh_within => (
                         s.role,
-                        at.elapsed() < fresh_within,
+                        true,
+                        s.applied_seq,
+                        s.applied_epoch,
+                        at.elapsed().as_millis() as u64,
+                    ),
+                    Some((_, s, at)) => (
+                        pb::Role::Unspecified as i32,
+                        false,
                         s.applied_seq,
                         s.applied_epoch,
                         at.elapsed().as_millis() as u64,
