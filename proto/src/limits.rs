@@ -55,8 +55,15 @@ pub fn check_password(password: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// White space, control characters and zero-width marks: a body of only these shows nothing.
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace()
+        || c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}' | '\u{00AD}')
+}
+
 pub fn check_body(body: &str) -> Result<(), String> {
-    if body.is_empty() || body.trim().is_empty() {
+    if body.chars().all(is_invisible) {
         return Err("message body must not be empty or blank".into());
     }
     if body.len() > BODY_MAX_BYTES {
@@ -96,6 +103,8 @@ mod tests {
     fn body_bounds_count_bytes() {
         assert!(check_body("").is_err());
         assert!(check_body(" \n\t").is_err());
+        assert!(check_body("\u{200B}\u{FEFF}\0").is_err());
+        assert!(check_body("\u{200B}a").is_ok());
         assert!(check_body("hi").is_ok());
         assert!(check_body(&"a".repeat(BODY_MAX_BYTES)).is_ok());
         assert!(check_body(&"a".repeat(BODY_MAX_BYTES + 1)).is_err());

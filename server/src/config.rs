@@ -62,6 +62,12 @@ pub struct Flags {
     pub log_retention: Option<u64>,
 }
 
+/// `HOST:PORT` with a non-empty host and a numeric port.
+fn is_host_port(s: &str) -> bool {
+    s.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
 fn parse_peer(s: &str) -> Result<(u64, String), String> {
     let (id, addr) = s
         .split_once('=')
@@ -159,6 +165,11 @@ pub enum ConfigError {
         path: PathBuf,
         source: Box<toml::de::Error>,
     },
+    #[error("cannot read the cluster secret file {path}: {source}")]
+    Secret {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -192,7 +203,7 @@ impl Config {
                 Ok(s) if !s.trim().is_empty() => s.trim().to_owned(),
                 _ => match flags.cluster_secret_file.or(file.cluster_secret_file) {
                     Some(path) => std::fs::read_to_string(&path)
-                        .map_err(|source| ConfigError::Read { path, source })?
+                        .map_err(|source| ConfigError::Secret { path, source })?
                         .trim()
                         .to_owned(),
                     None => {
@@ -271,6 +282,38 @@ impl Config {
                     )));
                 }
             }
+            let mut addresses = std::collections::BTreeSet::new();
+            for (id, addr) in &c.peers {
+                if !addresses.insert(addr) {
+                    return Err(ConfigError::Invalid(format!(
+                        "address {addr} appears twice in --peers (again for id {id})"
+                    )));
+                }
+            }
+            if let Some(join) = &c.join {
+                if !is_host_port(join) {
+                    return Err(ConfigError::Invalid(format!(
+                        "--join {join:?} must be HOST:PORT"
+                    )));
+                }
+                let me = self
+                    .advertise
+                    .clone()
+                    .unwrap_or_else(|| self.listen.to_string());
+                if *join == me || *join == self.listen.to_string() {
+                    return Err(ConfigError::Invalid(
+                        "--join must name another member, not this server".into(),
+                    ));
+                }
+            }
+            if !c.peers.is_empty() && c.min_replicas + 1 > c.peers.len() {
+                return Err(ConfigError::Invalid(format!(
+                    "--min-replicas {} needs at least {} members, but --peers lists {}",
+                    c.min_replicas,
+                    c.min_replicas + 1,
+                    c.peers.len()
+                )));
+            }
             if !c.peers.is_empty() && !ids.contains(&self.id) {
                 return Err(ConfigError::Invalid(format!(
                     "--peers must include this server (id {})",
@@ -283,11 +326,20 @@ impl Config {
                         .into(),
                 ));
             }
-            if c.replica_timeout_ms == 0 {
+            if c.replica_timeout_ms < c.election_timeout_ms + 2 * c.heartbeat_ms {
                 return Err(ConfigError::Invalid(
-                    "--replica-timeout-ms must be at least 1".into(),
+                    "--replica-timeout-ms must be at least --election-timeout-ms plus two heartbeats \
+                     (a follower must be able to take over before the leader could have dropped it)"
+                        .into(),
                 ));
             }
+        }
+        if let Some(a) = &self.advertise
+            && !is_host_port(a)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--advertise {a:?} must be HOST:PORT"
+            )));
         }
         if self.session_ttl_ms <= 0 {
             return Err(ConfigError::Invalid(
@@ -344,6 +396,86 @@ mod tests {
         assert_eq!(c.session_ttl_ms, 60_000);
         assert_eq!(c.sync, SyncMode::Normal);
         assert_eq!(c.db_path(), dir.path().join("chat_5.db"));
+    }
+
+    fn cluster_flags(dir: &Path, peers: &str) -> Flags {
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "0123456789abcdef0123").unwrap();
+        Flags {
+            id: Some(1),
+            data_dir: Some(dir.into()),
+            peers: Some(peers.split(',').map(|p| parse_peer(p).unwrap()).collect()),
+            cluster_secret_file: Some(secret),
+            ..Flags::default()
+        }
+    }
+
+    #[test]
+    fn cluster_settings_that_cannot_work_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        let ok = Config::load(cluster_flags(
+            p,
+            "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3",
+        ));
+        assert!(ok.is_ok(), "{ok:?}");
+        let cases: Vec<(Flags, &str)> = vec![
+            (
+                cluster_flags(p, "1=127.0.0.1:1,2=127.0.0.1:1"),
+                "appears twice",
+            ),
+            (
+                cluster_flags(p, "2=127.0.0.1:2,3=127.0.0.1:3"),
+                "must include this server",
+            ),
+            (
+                Flags {
+                    min_replicas: Some(3),
+                    ..cluster_flags(p, "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3")
+                },
+                "--min-replicas 3 needs at least 4 members",
+            ),
+            (
+                Flags {
+                    replica_timeout_ms: Some(500),
+                    ..cluster_flags(p, "1=127.0.0.1:1,2=127.0.0.1:2")
+                },
+                "--replica-timeout-ms",
+            ),
+            (
+                Flags {
+                    advertise: Some("nowhere".into()),
+                    ..cluster_flags(p, "1=127.0.0.1:1,2=127.0.0.1:2")
+                },
+                "--advertise",
+            ),
+            (
+                Flags {
+                    cluster_secret_file: Some(p.join("missing")),
+                    ..cluster_flags(p, "1=127.0.0.1:1,2=127.0.0.1:2")
+                },
+                "cannot read the cluster secret file",
+            ),
+        ];
+        for (flags, want) in cases {
+            let err = Config::load(flags).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+        }
+        let join = Flags {
+            join: Some("127.0.0.1:7001".into()),
+            listen: Some("127.0.0.1:7001".parse().unwrap()),
+            peers: None,
+            ..cluster_flags(p, "1=127.0.0.1:1")
+        };
+        let err = Config::load(join).unwrap_err().to_string();
+        assert!(err.contains("another member"), "{err}");
+        let join = Flags {
+            join: Some("garbage".into()),
+            peers: None,
+            ..cluster_flags(p, "1=127.0.0.1:1")
+        };
+        let err = Config::load(join).unwrap_err().to_string();
+        assert!(err.contains("HOST:PORT"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,15 @@ use tracing_subscriber::EnvFilter;
 
 use baton_server::config::{Config, Flags};
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        // `{:#}` gives the chain of causes on one line, without a backtrace.
+        eprintln!("baton-server: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let config = match Config::load(Flags::parse()) {
         Ok(c) => c,
         Err(e) => {

@@ -2019,3 +2019,25 @@ async fn deleted_bodies_and_deleted_accounts_do_not_linger_on_disk() {
         );
     }
 }
+
+#[tokio::test]
+async fn subscribing_from_beyond_the_newest_id_still_gets_new_messages() {
+    let server = Server::start().await;
+    let mut c = server.client().await;
+    let alice = create_and_login(&mut c, "alice", PW).await;
+    let bob = create_and_login(&mut c, "bob", PW).await;
+    let mut newest = send(&mut c, &alice, "bob", "before").await.id;
+    let mut sub_client = server.client().await;
+    for since in [1_000_000_000, u64::MAX] {
+        let mut events = subscribe(&mut sub_client, &bob, since).await;
+        let (replayed, caught_up) = until_caught_up(&mut events).await;
+        assert!(replayed.is_empty());
+        assert_eq!(caught_up.last_message_id, newest, "since {since}");
+        let m = send(&mut c, &alice, "bob", &format!("after {since}")).await;
+        newest = m.id;
+        match next_kind(&mut events, Duration::from_secs(1)).await {
+            Kind::Message(got) => assert_eq!(got, m),
+            other => panic!("expected the new message, got {other:?}"),
+        }
+    }
+}

@@ -240,6 +240,104 @@ async fn sigterm_stops_a_leader_or_follower_promptly_and_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_keep_every_follower_in_sync() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_leader(ELECT).await;
+    let (alice, _) = accounts(&mut cluster).await;
+    cluster.wait_in_sync(ELECT).await;
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let mut c = cluster.client(leader).await;
+        let token = alice.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..40 {
+                c.send_message(authed(
+                    pb::SendMessageRequest {
+                        recipient: "bob".into(),
+                        body: format!("writer {t} message {i}"),
+                        client_message_id: format!("w{t}-{i}"),
+                    },
+                    &token,
+                ))
+                .await
+                .expect("send");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let d = cluster.wait_converged(CONVERGE).await;
+    assert_eq!(d.messages, 320);
+    // Pipelined batches were applied in order: no follower refused one or fell out of sync.
+    for id in cluster.ids() {
+        let log = cluster.node(id).log();
+        assert!(
+            !log.contains("gap in the log"),
+            "node {id} saw batches out of order:\n{log}"
+        );
+        assert!(!log.contains("left the in-sync set"), "node {id}:\n{log}");
+    }
+    cluster.wait_in_sync(ELECT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_paused_past_the_replica_timeout_does_not_take_over_alone() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_leader(ELECT).await;
+    assert_eq!(leader, 1);
+    let (alice, _) = accounts(&mut cluster).await;
+    send_n(&mut cluster, &alice, "a", 5).await;
+    cluster.wait_in_sync(ELECT).await;
+    // Node 3 stops answering (paused, not dead) long enough to be dropped from the in-sync set; writes
+    // go on without it.
+    let pid = cluster.node(3).pid().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    signal("-STOP");
+    let deadline = Instant::now() + ELECT;
+    loop {
+        let s = cluster.status(1).await.unwrap();
+        if s.members.iter().any(|m| m.id == 3 && !m.in_sync) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3 never left the in-sync set"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let acked = send_n(&mut cluster, &alice, "b", 10).await;
+    // The two that hold those writes die; node 3 wakes up alone.
+    cluster.kill(1);
+    cluster.kill(2);
+    signal("-CONT");
+    let watch_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < watch_until {
+        if let Some(s) = cluster.status(3).await {
+            assert_ne!(
+                s.role,
+                pb::Role::Leader as i32,
+                "node 3 took over without the writes acknowledged while it was paused\n{}",
+                cluster.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Once the others are back, the cluster goes on with every acknowledged write.
+    cluster.restart(1).await;
+    cluster.restart(2).await;
+    cluster.wait_in_sync(CONVERGE).await;
+    assert_all_present(&mut cluster, &alice, &acked).await;
+    cluster.wait_converged(CONVERGE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_follower_catches_up() {
     let mut cluster = Cluster::start(3, &[]).await;
     cluster.wait_leader(ELECT).await;
@@ -347,6 +445,21 @@ async fn joining_with_a_duplicate_id_or_address_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already belongs to member 4"), "{err}");
+
+    // A joiner claiming the id of a configured member.
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton-server"))
+        .args(["--id", "2", "--listen", "127.0.0.1:0", "--join"])
+        .arg(cluster.addr(1).to_string())
+        .arg("--cluster-secret-file")
+        .arg(cluster.secret_file())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("node id 2 already belongs"), "{err}");
 
     let after = cluster.wait_converged(CONVERGE).await;
     assert_eq!(before.sha256, after.sha256);
@@ -502,6 +615,7 @@ async fn peer_rpcs_without_the_cluster_secret_are_refused() {
             address: "127.0.0.1:1".into(),
             applied_epoch: 0,
             applied_seq: 0,
+            joining: true,
         })
         .await;
     assert_eq!(code_of(&r), Code::Unauthenticated);

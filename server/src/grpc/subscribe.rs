@@ -14,7 +14,7 @@ use super::convert;
 use crate::Node;
 use crate::chat::Caller;
 use crate::store::apply::Notification;
-use crate::store::queries;
+use crate::store::{apply, queries};
 
 pub type EventStream = ReceiverStream<Result<pb::Event, Status>>;
 
@@ -67,13 +67,18 @@ impl Subscriber {
         since_deletion: Option<i64>,
     ) -> Result<(), Status> {
         let me = self.caller.user_id;
-        let (_, last_deletion) = self
+        let ((_, last_deletion), state) = self
             .node
             .readers
-            .run(move |conn| queries::last_ids(conn, me))
+            .run(move |conn| Ok((queries::last_ids(conn, me)?, apply::read_state(conn)?)))
             .await?;
         // Without since_deletion_id no old deletions are replayed, but later ones are tracked from here.
-        self.last_deletion = since_deletion.unwrap_or(last_deletion);
+        // Positions beyond anything ever assigned (a client that saw ids a partition later discarded, or a
+        // made-up number) are brought back, so that new messages and deletions are not skipped.
+        self.last_message = self.last_message.min(state.next_message_id - 1);
+        self.last_deletion = since_deletion
+            .unwrap_or(last_deletion)
+            .min(state.next_deletion_id - 1);
         if self.replay().await.is_err() {
             return Ok(());
         }

@@ -106,6 +106,7 @@ async fn probe(node: Arc<Node>, address: String) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let timeout = rep.settings.election_timeout / 2;
     let mut shutdown = node.shutdown.clone();
+    let mut complained: Option<tonic::Code> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -119,7 +120,27 @@ async fn probe(node: Arc<Node>, address: String) {
             from_id: rep.id,
             known_epoch: rep.state().promised_epoch,
         });
-        if let Ok(Ok(answer)) = tokio::time::timeout(timeout, client.heartbeat(req)).await {
+        let answer = match tokio::time::timeout(timeout, client.heartbeat(req)).await {
+            Ok(Ok(answer)) => {
+                complained = None;
+                Some(answer)
+            }
+            Ok(Err(status)) => {
+                // Said once per kind of trouble, so a misconfiguration is visible without flooding the log.
+                let kind = status.code();
+                if complained != Some(kind) {
+                    complained = Some(kind);
+                    if kind == tonic::Code::Unauthenticated {
+                        tracing::error!(peer = %address, "peer refuses our cluster secret: check --cluster-secret-file");
+                    } else {
+                        tracing::warn!(peer = %address, error = %status.message(), "peer does not answer");
+                    }
+                }
+                None
+            }
+            Err(_) => None,
+        };
+        if let Some(answer) = answer {
             let status = answer.into_inner();
             if status.id == rep.id {
                 continue;
@@ -202,9 +223,27 @@ async fn step(node: &Arc<Node>) {
         let node = node.clone();
         tokio::spawn(async move {
             let result = follower::register(&node, leader_id, epoch, &address).await;
-            node.replication.state().registering = false;
+            {
+                let mut st = node.replication.state();
+                st.registering = false;
+                if result.is_ok() {
+                    st.last_registration_error = None;
+                }
+            }
             if let Err(e) = result {
-                tracing::warn!(leader = leader_id, error = %e, "registration failed");
+                // The same failure again and again (a dead leader, until the election) is said once.
+                let text = e.to_string();
+                let repeated = {
+                    let mut st = node.replication.state();
+                    let repeated = st.last_registration_error.as_deref() == Some(text.as_str());
+                    st.last_registration_error = Some(text);
+                    repeated
+                };
+                if repeated {
+                    tracing::debug!(leader = leader_id, error = %e, "registration failed again");
+                } else {
+                    tracing::warn!(leader = leader_id, error = %e, "registration failed");
+                }
                 if let Error::AlreadyExists(msg) = &e {
                     // This node's id or address clashes with a member: it cannot ever join.
                     eprintln!("baton-server: cannot join the cluster: {msg}");

@@ -84,6 +84,19 @@ pub enum Action {
     },
 }
 
+/// Whether a node that was in sync still is, as far as it can tell: a follower silent for longer than the
+/// leader waits before dropping it (`replica_timeout_ms`, less a heartbeat of margin) may have been dropped
+/// without hearing of it, so it no longer vouches for holding every acknowledged write.
+pub fn still_electable(
+    electable: bool,
+    role: Role,
+    silent_ms: u64,
+    replica_timeout_ms: u64,
+    heartbeat_ms: u64,
+) -> bool {
+    electable && (role == Role::Leader || silent_ms + heartbeat_ms < replica_timeout_ms)
+}
+
 /// The winner of an election among `me` and the `responders` (fresh answers only), if one can be chosen.
 /// `configured` are the peers given on the command line, used when nobody has a membership view yet.
 pub fn election_winner(
@@ -222,6 +235,15 @@ mod tests {
 
     fn peers(ids: &[u64]) -> BTreeSet<u64> {
         ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_follower_silent_past_the_replica_timeout_is_no_longer_electable() {
+        assert!(still_electable(true, Role::Candidate, 600, 1000, 100));
+        assert!(!still_electable(true, Role::Candidate, 900, 1000, 100));
+        assert!(!still_electable(true, Role::Candidate, 2500, 1000, 100));
+        assert!(!still_electable(false, Role::Follower, 0, 1000, 100));
+        assert!(still_electable(true, Role::Leader, 10_000, 1000, 100));
     }
 
     #[test]

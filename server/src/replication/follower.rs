@@ -33,6 +33,7 @@ pub async fn register(node: &Arc<Node>, leader_id: u64, epoch: u64, address: &st
         address: rep.address.clone(),
         applied_epoch,
         applied_seq,
+        joining: rep.settings.peers.is_empty() && rep.settings.join.is_some(),
     };
     let mut stream = tokio::time::timeout(
         rep.settings.election_timeout * 4,
@@ -145,56 +146,63 @@ async fn install(node: &Arc<Node>, path: &std::path::Path) -> Result<()> {
 
 /// Applies entries in order, skipping those already applied; a gap is an error (re-register).
 async fn apply_batch(node: &Arc<Node>, updates: Vec<pb::Update>) -> Result<(u64, u64)> {
+    queue_batch(node, updates).await?.await
+}
+
+/// Queues a batch on the writer and returns once it is queued: batches queued in turn apply in turn.
+async fn queue_batch(
+    node: &Arc<Node>,
+    updates: Vec<pb::Update>,
+) -> Result<impl std::future::Future<Output = Result<(u64, u64)>> + Send + 'static> {
     node.writer
-        .write_local(move |ctx| {
-            for u in updates {
-                let seq = ctx.state().seq as u64;
-                if u.seq <= seq {
-                    continue;
+        .enqueue(
+            move |ctx| {
+                for u in updates {
+                    let seq = ctx.state().seq as u64;
+                    if u.seq <= seq {
+                        continue;
+                    }
+                    if u.seq != seq + 1 {
+                        return Err(Error::FailedPrecondition(format!(
+                            "gap in the log: have {seq}, got {}",
+                            u.seq
+                        )));
+                    }
+                    ctx.apply(u)?;
                 }
-                if u.seq != seq + 1 {
-                    return Err(Error::FailedPrecondition(format!(
-                        "gap in the log: have {seq}, got {}",
-                        u.seq
-                    )));
-                }
-                ctx.apply(u)?;
-            }
-            Ok((ctx.state().epoch as u64, ctx.state().seq as u64))
-        })
+                Ok((ctx.state().epoch as u64, ctx.state().seq as u64))
+            },
+            true,
+        )
         .await
 }
 
 pub type AckStream = ReceiverStream<Result<pb::UpdateAck, Status>>;
 
+/// A queued batch's outcome: the position after it.
+type Applying = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u64, u64)>> + Send>>;
+
 /// Handles `AcceptUpdates`: batches are applied in order, pipelined through the writer (which merges those
 /// waiting into one commit), and acknowledged in order.
 pub fn accept(node: Arc<Node>, mut batches: Streaming<pb::UpdateBatch>) -> AckStream {
     let (tx, rx) = mpsc::channel(16);
-    let (work_tx, mut work_rx) = mpsc::channel::<tokio::task::JoinHandle<Result<(u64, u64)>>>(16);
+    let (work_tx, mut work_rx) = mpsc::channel::<Applying>(16);
     let acks = tx.clone();
     tokio::spawn(async move {
         while let Some(job) = work_rx.recv().await {
             let ack = match job.await {
-                Ok(Ok((applied_epoch, applied_seq))) => pb::UpdateAck {
+                Ok((applied_epoch, applied_seq)) => pb::UpdateAck {
                     applied_epoch,
                     applied_seq,
                     error: String::new(),
                 },
-                Ok(Err(e)) => {
-                    let (applied_epoch, applied_seq) = (0, 0);
-                    let _ = acks
-                        .send(Ok(pb::UpdateAck {
-                            applied_epoch,
-                            applied_seq,
-                            error: e.to_string(),
-                        }))
-                        .await;
-                    return;
-                }
                 Err(e) => {
                     let _ = acks
-                        .send(Err(Status::internal(format!("apply task: {e}"))))
+                        .send(Ok(pb::UpdateAck {
+                            applied_epoch: 0,
+                            applied_seq: 0,
+                            error: e.to_string(),
+                        }))
                         .await;
                     return;
                 }
@@ -227,9 +235,12 @@ pub fn accept(node: Arc<Node>, mut batches: Streaming<pb::UpdateBatch>) -> AckSt
                 break;
             }
             first = false;
-            let node = node.clone();
-            let job = tokio::spawn(async move { apply_batch(&node, batch.updates).await });
-            if work_tx.send(job).await.is_err() {
+            // Queued here, in the order received; the acknowledgements wait for them in the same order.
+            let applying: Applying = match queue_batch(&node, batch.updates).await {
+                Ok(f) => Box::pin(f),
+                Err(e) => Box::pin(std::future::ready(Err(e))),
+            };
+            if work_tx.send(applying).await.is_err() {
                 break;
             }
         }

@@ -43,7 +43,7 @@ pub async fn register(node: Arc<Node>, req: pb::RegisterRequest) -> Result<Regis
             rep.id
         )));
     }
-    check_membership(&rep, fid, &req.address)?;
+    check_membership(&rep, fid, &req.address, req.joining)?;
     // A brand-new member is recorded (not yet in sync) before it is brought up to date.
     let known = rep.state().members.iter().any(|m| m.id as u64 == fid);
     if !known {
@@ -83,8 +83,18 @@ pub async fn register(node: Arc<Node>, req: pb::RegisterRequest) -> Result<Regis
 }
 
 /// A joining node's id and address must not belong to another member.
-fn check_membership(rep: &Replication, id: u64, address: &str) -> Result<(), Status> {
-    if rep.settings.peer_address(id).is_some() {
+fn check_membership(
+    rep: &Replication,
+    id: u64,
+    address: &str,
+    joining: bool,
+) -> Result<(), Status> {
+    if let Some(configured) = rep.settings.peer_address(id) {
+        if joining {
+            return Err(Status::already_exists(format!(
+                "node id {id} already belongs to the configured member at {configured}"
+            )));
+        }
         return Ok(());
     }
     let st = rep.state();

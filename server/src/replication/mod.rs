@@ -111,6 +111,8 @@ pub struct State {
     pub registered_epoch: u64,
     pub registering: bool,
     pub last_leader_contact: Instant,
+    /// The last registration failure, so a repeat is logged quietly.
+    pub last_registration_error: Option<String>,
     /// Peers learned from other nodes' answers (members not in this node's configuration).
     pub discovered: BTreeMap<u64, String>,
     /// Leader: followers by id.
@@ -171,6 +173,7 @@ impl Replication {
                 registering: false,
                 last_leader_contact: Instant::now(),
                 discovered: BTreeMap::new(),
+                last_registration_error: None,
                 followers: BTreeMap::new(),
                 pending: VecDeque::new(),
                 next_generation: 1,
@@ -333,10 +336,22 @@ impl Replication {
         out
     }
 
+    /// Whether this node vouches, now, for holding every acknowledged write (see `engine::still_electable`).
+    fn electable_now(&self, st: &State) -> bool {
+        engine::still_electable(
+            st.electable,
+            st.role,
+            st.last_leader_contact.elapsed().as_millis() as u64,
+            self.settings.replica_timeout.as_millis() as u64,
+            self.settings.heartbeat.as_millis() as u64,
+        )
+    }
+
     /// This node's own status, as peers see it.
     pub fn status(&self) -> pb::NodeStatus {
         let (applied_epoch, applied_seq) = self.applied();
         let st = self.state();
+        let electable = self.electable_now(&st);
         pb::NodeStatus {
             id: self.id,
             role: role_to_wire(st.role) as i32,
@@ -345,7 +360,7 @@ impl Replication {
             applied_epoch,
             applied_seq,
             promised_epoch: st.promised_epoch,
-            electable: st.electable,
+            electable,
             members: st
                 .members
                 .iter()
@@ -385,7 +400,7 @@ impl Replication {
             leader_alive: alive,
             applied,
             promised_epoch: st.promised_epoch,
-            electable: st.electable,
+            electable: self.electable_now(&st),
             members: st
                 .members
                 .iter()

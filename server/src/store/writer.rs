@@ -256,6 +256,20 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
     {
+        self.enqueue(f, local).await?.await
+    }
+
+    /// Queues `f` and returns once it is queued, with a future for its result: requests queued one after
+    /// the other by one caller run in that order (a follower applies pushed batches this way).
+    pub async fn enqueue<T, F>(
+        &self,
+        f: F,
+        local: bool,
+    ) -> Result<impl std::future::Future<Output = Result<T>> + Send + 'static>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
         let job: Job = Box::new(move |ctx| {
             let result = ctx.savepoint(f);
@@ -271,8 +285,10 @@ impl Writer {
             .send(Msg::Job(job, local))
             .await
             .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
-        rx.await
-            .map_err(|_| Error::Unavailable("the server is shutting down".into()))?
+        Ok(async move {
+            rx.await
+                .map_err(|_| Error::Unavailable("the server is shutting down".into()))?
+        })
     }
 
     /// Asks the thread to stop once everything queued so far is committed (handles may outlive the server
