@@ -106,16 +106,30 @@ async fn killing_the_leader_elects_a_new_one_within_two_seconds_without_losing_w
 /// Kills `order[0]`, waits for a leader and writes, then kills `order[1]`; the survivor serves everything.
 async fn kill_in_order(order: [u64; 2]) {
     let mut cluster = Cluster::start(3, &[]).await;
-    cluster.wait_leader(ELECT).await;
+    let first = cluster.wait_leader(ELECT).await;
     let (alice, _) = accounts(&mut cluster).await;
     let mut acked = send_n(&mut cluster, &alice, "a", 10).await;
     cluster.wait_in_sync(ELECT).await;
+    let killed_at = Instant::now();
     cluster.kill(order[0]);
-    cluster.wait_leader(ELECT).await;
+    let next = cluster.wait_leader(ELECT).await;
+    if order[0] == first {
+        eprintln!(
+            "failover: leader {first} killed -> {next} leads after {:?}",
+            killed_at.elapsed()
+        );
+    }
     acked.extend(send_n(&mut cluster, &alice, "b", 10).await);
     cluster.wait_in_sync(ELECT).await;
+    let killed_at = Instant::now();
     cluster.kill(order[1]);
     let survivor = cluster.wait_leader(ELECT).await;
+    if order[1] == next {
+        eprintln!(
+            "failover: leader {next} killed -> {survivor} leads after {:?}",
+            killed_at.elapsed()
+        );
+    }
     assert!(!order.contains(&survivor));
     acked.extend(send_n(&mut cluster, &alice, "c", 10).await);
     assert_all_present(&mut cluster, &alice, &acked).await;
