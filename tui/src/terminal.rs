@@ -196,6 +196,9 @@ mod tests {
         assert!(t.backend().clears >= 1, "the screen is cleared");
         t.draw(|f| crate::ui::render(&app, f)).unwrap();
         let shown = t.backend().inner.to_string();
-        assert!(shown.contains("Sign in"), "everything is drawn again:\n{shown}");
+        assert!(
+            shown.contains("Sign in"),
+            "everything is drawn again:\n{shown}"
+        );
     }
 }

@@ -223,7 +223,10 @@ fn sigterm_and_sighup_restore_the_terminal() {
             if let Some(pid) = children(shell.trim()).into_iter().next() {
                 break pid;
             }
-            assert!(Instant::now() < deadline, "no baton process under the shell");
+            assert!(
+                Instant::now() < deadline,
+                "no baton process under the shell"
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         let killed = Command::new("kill")
@@ -237,7 +240,11 @@ fn sigterm_and_sighup_restore_the_terminal() {
             "SIG{signal}: the alternate screen was left:\n{screen}"
         );
         let alternate = tmux.run(&["display-message", "-p", "-t", &name, "#{alternate_on}"]);
-        assert_eq!(alternate.trim(), "0", "SIG{signal}: still on the alternate screen");
+        assert_eq!(
+            alternate.trim(),
+            "0",
+            "SIG{signal}: still on the alternate screen"
+        );
         assert!(
             screen.contains("EXITED 0"),
             "SIG{signal}: a signal is a normal quit:\n{screen}"
