@@ -123,6 +123,7 @@ async fn run(servers: Vec<String>, user: Option<String>, utc_offset_s: i32) -> a
     let mut sigterm = signal(SignalKind::terminate()).context("handling SIGTERM")?;
     let mut sighup = signal(SignalKind::hangup()).context("handling SIGHUP")?;
     let mut client_open = true;
+    let mut hung_up = false;
     term.draw(&app)?;
     'run: loop {
         let first = tokio::select! {
@@ -145,6 +146,7 @@ async fn run(servers: Vec<String>, user: Option<String>, utc_offset_s: i32) -> a
             }
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: quitting");
+                hung_up = true;
                 break 'run;
             }
         };
@@ -179,7 +181,11 @@ async fn run(servers: Vec<String>, user: Option<String>, utc_offset_s: i32) -> a
         }
         term.draw(&app)?;
     }
-    term.leave()?;
+    match term.leave() {
+        // After a hangup the terminal may be gone: there is nothing left to restore, and nobody to tell.
+        Err(e) if hung_up => tracing::debug!(error = %e, "restoring the terminal after SIGHUP"),
+        other => other?,
+    }
     Ok(())
 }
 
