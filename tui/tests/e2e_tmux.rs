@@ -210,7 +210,7 @@ fn sigterm_and_sighup_restore_the_terminal() {
         let name = format!("sig{signal}");
         let command = format!(
             "sh -c 'env HOME={d} XDG_CONFIG_HOME={d}/config XDG_CACHE_HOME={d}/cache {bin} --server 127.0.0.1:{port}; \
-             echo EXITED $?; stty -a; sleep 60'",
+             echo EXITED $?; stty -a; echo STTY-DONE; sleep 60'",
             d = home.path().display(),
             bin = env!("CARGO_BIN_EXE_baton"),
         );
@@ -234,7 +234,7 @@ fn sigterm_and_sighup_restore_the_terminal() {
             .status()
             .unwrap();
         assert!(killed.success());
-        let screen = tmux.wait_for(&name, "baton to exit", |s| s.contains("EXITED"));
+        let screen = tmux.wait_for(&name, "baton to exit", |s| s.contains("STTY-DONE"));
         assert!(
             !screen.contains("sign in"),
             "SIG{signal}: the alternate screen was left:\n{screen}"
