@@ -131,6 +131,8 @@ pub enum Popup {
     DeleteAccount {
         password: Composer,
         error: Option<String>,
+        /// Sent, no answer yet: the dialog stays ("checking…") until the account is gone or refused.
+        checking: bool,
     },
     ConfirmDelete {
         ids: Vec<u64>,
@@ -202,6 +204,8 @@ pub struct App {
     pub cluster_at_ms: i64,
     pub failovers: Vec<Failover>,
     pub notice: Option<(String, i64)>,
+    /// The highest `up_to_id` asked to be marked read, per peer: a MarkRead goes out only when it grows.
+    pub marked_up_to: BTreeMap<String, u64>,
 }
 
 impl App {
@@ -245,19 +249,25 @@ impl App {
             cluster_at_ms: now_ms,
             failovers: Vec::new(),
             notice: None,
+            marked_up_to: BTreeMap::new(),
         }
     }
 
     pub fn update(&mut self, action: Action) -> Vec<Command> {
         match action {
             Action::Key(k) if k.kind == KeyEventKind::Release => Vec::new(),
-            Action::Key(k) => self.on_key(k),
+            Action::Key(k) => {
+                let mut cmds = self.on_key(k);
+                // Scrolled back down to the newest messages (End, PgDn, Esc, sending): now they are seen.
+                cmds.extend(self.mark_current_read());
+                cmds
+            }
             Action::Paste(text) => self.on_paste(&text),
             Action::Resize(w, h) => {
                 self.width = w;
                 self.height = h;
                 self.clamp_scroll();
-                Vec::new()
+                self.mark_current_read()
             }
             Action::Tick(now) => {
                 self.now_ms = now;
@@ -316,7 +326,9 @@ impl App {
                 if self.failovers.len() > FAILOVER_LOG {
                     self.failovers.remove(0);
                 }
-                Vec::new()
+                // The new stream resumes after the newest message seen, so receipts for older ones that
+                // fell into the gap come back only with a fresh list and page.
+                self.refresh()
             }
             ClientEvent::LoggedIn { username, unread } => {
                 let unread_text = match unread {
@@ -337,9 +349,13 @@ impl App {
                 self.signin.waiting = false;
                 self.signin.error = Some(crate::sanitize::sanitize_line(&msg));
                 self.signin.hint = hint_for(&msg, &self.servers);
-                self.signin.password.clear();
-                self.signin.repeat.clear();
-                self.signin.focus = if msg.to_lowercase().contains("name") {
+                // A refused name says nothing against the password: keep it (and its repetition).
+                let about_name = msg.to_lowercase().contains("name");
+                if !about_name {
+                    self.signin.password.clear();
+                    self.signin.repeat.clear();
+                }
+                self.signin.focus = if about_name {
                     Field::Username
                 } else {
                     Field::Password
@@ -502,6 +518,19 @@ impl App {
                 }
                 Vec::new()
             }
+            ClientEvent::DeleteAccountFailed(why) => {
+                let why = capitalise(&crate::sanitize::sanitize_line(&why));
+                match &mut self.popup {
+                    Some(Popup::DeleteAccount {
+                        error, checking, ..
+                    }) => {
+                        *checking = false;
+                        *error = Some(why);
+                    }
+                    _ => self.set_notice(format!("Account not deleted: {why}")),
+                }
+                Vec::new()
+            }
             ClientEvent::Notice(text) => {
                 let text = crate::sanitize::sanitize_line(&text);
                 self.set_notice(text);
@@ -523,11 +552,21 @@ impl App {
             self.outbox.retain(|o| o.local_id.0 != m.client_message_id);
         }
         let thread = self.threads.entry(peer.clone()).or_default();
-        let is_new = !thread.messages.contains_key(&m.id);
-        thread.messages.insert(m.id, m.clone());
-        if !is_new {
+        if let Some(old) = thread.messages.get_mut(&m.id) {
+            // A replay (after a reconnect or a failover) carries the message as it is now: take its read
+            // flag (a receipt may have been missed meanwhile), never undoing a read mark made here.
+            let read = old.read || m.read;
+            *old = Message { read, ..m };
+            let now = old.clone();
+            if let Some(e) = self.conversations.iter_mut().find(|e| e.conv.peer == peer)
+                && let Some(l) = &mut e.conv.last
+                && l.id == now.id
+            {
+                *l = now;
+            }
             return Vec::new();
         }
+        thread.messages.insert(m.id, m.clone());
         let from_peer = m.sender != me;
         match self.conversations.iter_mut().find(|e| e.conv.peer == peer) {
             Some(e) => {
@@ -617,6 +656,21 @@ impl App {
         self.status_panel = keep.8;
     }
 
+    /// Asks again for the conversation list and the open conversation's newest page; what comes back
+    /// updates what is held (read flags included) without moving the view.
+    fn refresh(&mut self) -> Vec<Command> {
+        if self.me.is_none() {
+            return Vec::new();
+        }
+        let mut cmds = vec![Command::LoadConversations];
+        if let Some(peer) = self.selected.clone()
+            && self.threads.get(&peer).is_some_and(|t| t.loaded)
+        {
+            cmds.push(Command::LoadHistory { peer, before_id: 0 });
+        }
+        cmds
+    }
+
     fn set_notice(&mut self, text: String) {
         self.notice = Some((text, self.now_ms));
     }
@@ -656,7 +710,9 @@ impl App {
     }
 
     fn mark_current_read(&mut self) -> Vec<Command> {
-        if self.screen != Screen::Main {
+        // Scrolled up, the newest messages are out of sight: they are read once the person is back at
+        // the bottom.
+        if self.screen != Screen::Main || self.scroll > 0 {
             return Vec::new();
         }
         let (Some(peer), Some(me)) = (self.selected.clone(), self.me.clone()) else {
@@ -697,6 +753,11 @@ impl App {
                 l.read = true;
             }
         }
+        let marked = self.marked_up_to.entry(peer.clone()).or_insert(0);
+        if up_to <= *marked {
+            return Vec::new();
+        }
+        *marked = up_to;
         vec![Command::MarkRead {
             peer,
             up_to_id: up_to,
@@ -746,20 +807,27 @@ impl App {
 
     // ----- scrolling -----
 
-    /// (total rows of the current conversation, rows visible).
-    fn viewport(&self) -> (usize, usize) {
+    /// (rows of the current conversation, rows visible), where the first counts only up to `need` rows
+    /// more than are visible (past that, the exact figure does not matter to the caller, and it would
+    /// mean wrapping the whole history).
+    fn viewport(&self, need: usize) -> (usize, usize) {
         let width = ui::layout::message_inner_width(self);
         let height = ui::layout::message_inner_height(self);
-        (ui::messages::pane_lines(self, width).len(), height)
+        let need = need.saturating_add(height).saturating_add(1);
+        (ui::messages::tail_lines(self, width, need).len(), height)
     }
 
     fn clamp_scroll(&mut self) {
-        let (total, height) = self.viewport();
+        let (total, height) = self.viewport(self.scroll);
         self.scroll = self.scroll.min(total.saturating_sub(height));
     }
 
     fn scroll_by(&mut self, up: bool, amount: usize) -> Vec<Command> {
-        let (total, height) = self.viewport();
+        let (total, height) = self.viewport(if up {
+            self.scroll.saturating_add(amount)
+        } else {
+            self.scroll
+        });
         let max = total.saturating_sub(height);
         self.scroll = if up {
             (self.scroll + amount).min(max)
@@ -806,8 +874,12 @@ impl App {
                 s.input.insert_single_line(text);
                 return self.search_again();
             }
-            Some(Popup::DeleteAccount { password, .. }) => {
-                password.insert_single_line(text);
+            Some(Popup::DeleteAccount {
+                password, checking, ..
+            }) => {
+                if !*checking {
+                    password.insert_single_line(text);
+                }
                 return Vec::new();
             }
             Some(_) => return Vec::new(),
@@ -1193,21 +1265,29 @@ impl App {
                     self.popup = Some(Popup::DeleteAccount {
                         password: Composer::default(),
                         error: None,
+                        checking: false,
                     });
                 }
                 _ => self.popup = None,
             },
-            Popup::DeleteAccount { password, error } => match k.code {
+            Popup::DeleteAccount {
+                password,
+                error,
+                checking,
+            } => match k.code {
                 KeyCode::Esc => self.popup = None,
                 _ if ctrl_c => self.popup = None,
+                // One request at a time; and nothing typed now can end up anywhere else.
+                _ if *checking => {}
                 KeyCode::Enter => {
                     if password.is_empty() {
                         *error = Some("Type your password to confirm".into());
                     } else {
-                        let password = password.take();
-                        self.popup = None;
-                        self.set_notice("Deleting the account…".into());
-                        return vec![Command::DeleteAccount { password }];
+                        *checking = true;
+                        *error = None;
+                        return vec![Command::DeleteAccount {
+                            password: password.text().to_string(),
+                        }];
                     }
                 }
                 _ => {

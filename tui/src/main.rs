@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use crossterm::event::{Event, KeyEventKind};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::app::{Action, App, Command};
@@ -118,43 +119,88 @@ async fn run(servers: Vec<String>, user: Option<String>, utc_offset_s: i32) -> a
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // SIGTERM (kill, shutdown) and SIGHUP (the terminal closed) quit like `q`: through `term.leave()`.
+    let mut sigterm = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let mut sighup = signal(SignalKind::hangup()).context("handling SIGHUP")?;
     let mut client_open = true;
+    let mut hung_up = false;
     term.draw(&app)?;
-    loop {
-        let action = tokio::select! {
+    'run: loop {
+        let first = tokio::select! {
             ev = term_events.recv() => match ev {
-                Some(Event::Key(k)) if k.kind == KeyEventKind::Release => continue,
-                Some(Event::Key(k)) => Action::Key(k),
-                Some(Event::Paste(text)) => Action::Paste(text),
-                Some(Event::Resize(w, h)) => Action::Resize(w, h),
-                Some(_) => continue,
+                Some(ev) => terminal_action(ev),
                 None => anyhow::bail!("the terminal input closed"),
             },
             ev = client_events.recv(), if client_open => match ev {
-                Some(ev) => Action::Client(ev),
+                Some(ev) => Some(Action::Client(ev)),
                 None => {
                     tracing::warn!("the network client stopped");
                     client_open = false;
-                    continue;
+                    None
                 }
             },
-            _ = tick.tick() => Action::Tick(now_ms()),
+            _ = tick.tick() => Some(Action::Tick(now_ms())),
+            _ = sigterm.recv() => {
+                tracing::info!("SIGTERM: quitting");
+                break 'run;
+            }
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: quitting");
+                hung_up = true;
+                break 'run;
+            }
         };
-        let mut quit = false;
-        for cmd in app.update(action) {
-            match cmd {
-                Command::Quit => quit = true,
-                Command::Redraw => term.clear()?,
-                other => execute(&client, other),
+        // Everything else already waiting goes in before the one draw: a burst of keys or of replayed
+        // messages costs one frame, not one each.
+        let mut actions: Vec<Action> = first.into_iter().collect();
+        while actions.len() < MAX_BATCH {
+            if let Ok(ev) = term_events.try_recv() {
+                actions.extend(terminal_action(ev));
+            } else if let Ok(ev) = client_events.try_recv() {
+                actions.push(Action::Client(ev));
+            } else {
+                break;
             }
         }
-        if quit {
-            break;
+        let mut quit = false;
+        let mut redraw = false;
+        for action in actions {
+            for cmd in app.update(action) {
+                match cmd {
+                    Command::Quit => quit = true,
+                    Command::Redraw => redraw = true,
+                    other => execute(&client, other),
+                }
+            }
+            if quit {
+                break 'run;
+            }
+        }
+        if redraw {
+            term.clear()?;
         }
         term.draw(&app)?;
     }
-    term.leave()?;
+    match term.leave() {
+        // After a hangup the terminal may be gone: there is nothing left to restore, and nobody to tell.
+        Err(e) if hung_up => tracing::debug!(error = %e, "restoring the terminal after SIGHUP"),
+        other => other?,
+    }
     Ok(())
+}
+
+/// At most this many events go into one frame, so that a flood of client events never starves the screen.
+const MAX_BATCH: usize = 512;
+
+/// What a terminal event means to the app (`None`: nothing, such as a key release or a focus change).
+fn terminal_action(ev: Event) -> Option<Action> {
+    match ev {
+        Event::Key(k) if k.kind == KeyEventKind::Release => None,
+        Event::Key(k) => Some(Action::Key(k)),
+        Event::Paste(text) => Some(Action::Paste(text)),
+        Event::Resize(w, h) => Some(Action::Resize(w, h)),
+        _ => None,
+    }
 }
 
 /// The only place the UI meets the network client: each `Command` is one fire-and-forget call.

@@ -28,9 +28,73 @@ fn stand_in(c: char) -> Option<String> {
     }
 }
 
+/// Characters that take no room and draw nothing: terminals and tmux disagree on whether they take a
+/// cell, which garbles the line. ZERO WIDTH JOINER is needed inside emoji sequences (👩‍👩‍👧) and stays there.
+fn is_zero_width(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200b}'..='\u{200d}' | '\u{2060}'..='\u{2064}' | '\u{feff}' | '\u{180e}'
+    )
+}
+
+/// Emoji and other pictographs (approximately Extended_Pictographic), and what may end one before a
+/// joiner: the emoji presentation selector and the skin-tone modifiers (which are in the ranges below).
+fn is_pictographic(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00a9}'
+            | '\u{00ae}'
+            | '\u{203c}'
+            | '\u{2049}'
+            | '\u{2122}'
+            | '\u{2139}'
+            | '\u{2194}'..='\u{21aa}'
+            | '\u{2300}'..='\u{23ff}'
+            | '\u{24c2}'
+            | '\u{25a0}'..='\u{27bf}'
+            | '\u{2934}'..='\u{2935}'
+            | '\u{2b00}'..='\u{2bff}'
+            | '\u{3030}'
+            | '\u{303d}'
+            | '\u{3297}'
+            | '\u{3299}'
+            | '\u{1f000}'..='\u{1faff}'
+    )
+}
+
+/// Replaces the zero-width characters by stand-ins, except a joiner between two pictographs (an emoji
+/// sequence; a variation selector or tag may come between the first one and the joiner).
+fn show_zero_width(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(is_zero_width) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let chars: Vec<char> = s.chars().collect();
+    let mut out = String::with_capacity(s.len() + 16);
+    for (i, &c) in chars.iter().enumerate() {
+        if !is_zero_width(c) {
+            out.push(c);
+            continue;
+        }
+        let joins_emoji = c == '\u{200d}'
+            && chars[..i]
+                .iter()
+                .rev()
+                .find(|&&p| !matches!(p, '\u{fe0f}' | '\u{e0020}'..='\u{e007f}'))
+                .is_some_and(|&p| is_pictographic(p))
+            && chars.get(i + 1).is_some_and(|&n| is_pictographic(n));
+        if joins_emoji {
+            out.push(c);
+        } else {
+            out.push_str(&format!("<U+{:04X}>", c as u32));
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// One line of untrusted text for a one-line place (a conversation preview, a name): newlines become `␤`,
 /// tabs a space, other controls their stand-ins.
 pub fn sanitize_line(s: &str) -> String {
+    let s = show_zero_width(s);
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -56,6 +120,8 @@ pub fn sanitize_text(s: &str) -> Vec<String> {
 }
 
 fn sanitize_one_line_expanding_tabs(line: &str) -> String {
+    let line = show_zero_width(line);
+    let line = line.as_ref();
     let mut out = String::with_capacity(line.len());
     let mut col = 0usize;
     for g in line.graphemes(true) {
@@ -107,6 +173,39 @@ mod tests {
             sanitize_text("x\x1bc\ry").concat(),
         ] {
             assert!(!s.chars().any(|c| c.is_control()), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn lone_zero_width_characters_are_shown() {
+        for (c, shown) in [
+            ('\u{200b}', "<U+200B>"),
+            ('\u{200c}', "<U+200C>"),
+            ('\u{200d}', "<U+200D>"),
+            ('\u{2060}', "<U+2060>"),
+            ('\u{feff}', "<U+FEFF>"),
+        ] {
+            let s = format!("a{c}b");
+            assert_eq!(sanitize_line(&s), format!("a{shown}b"));
+            assert_eq!(sanitize_text(&s), vec![format!("a{shown}b")]);
+            assert_eq!(sanitize_line(&format!("{c}")), shown);
+        }
+        // A joiner next to only one emoji joins nothing.
+        assert_eq!(sanitize_line("👩\u{200d}x"), "👩<U+200D>x");
+        assert_eq!(sanitize_line("x\u{200d}👩"), "x<U+200D>👩");
+        assert_eq!(sanitize_line("👩\u{200d}"), "👩<U+200D>");
+    }
+
+    #[test]
+    fn joiners_inside_emoji_sequences_stay() {
+        for s in [
+            "👩\u{200d}👩\u{200d}👧",
+            "🏳\u{fe0f}\u{200d}🌈",
+            "👩🏽\u{200d}💻",
+            "❤\u{fe0f}\u{200d}🔥",
+        ] {
+            assert_eq!(sanitize_line(s), s);
+            assert_eq!(sanitize_text(s), vec![s]);
         }
     }
 

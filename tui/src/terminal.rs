@@ -11,7 +11,8 @@ use crossterm::execute;
 use crossterm::terminal::{
     EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
 };
-use ratatui::backend::CrosstermBackend;
+use ratatui::backend::{Backend, CrosstermBackend};
+use ratatui::layout::Rect;
 
 use crate::app::App;
 
@@ -78,7 +79,7 @@ impl Terminal {
 
     /// Ctrl-L: forget what is on screen so the next draw repaints every cell.
     pub fn clear(&mut self) -> anyhow::Result<()> {
-        self.inner.clear().context("clearing the screen")
+        clear_all(&mut self.inner).context("clearing the screen")
     }
 
     pub fn leave(mut self) -> anyhow::Result<()> {
@@ -95,11 +96,109 @@ impl Terminal {
     }
 }
 
+/// Clears the whole screen and ratatui's buffers without asking the terminal anything. ratatui's own
+/// `Terminal::clear` queries the cursor position, which means reading the terminal's answer from standard
+/// input, where the input thread is already reading: the answer is lost and the query fails after a few
+/// seconds ("The cursor position could not be read within a normal duration"). A full-screen `resize` to
+/// the current size writes Clear(All) and resets the back buffer, so the next draw repaints every cell.
+fn clear_all<B: Backend>(t: &mut ratatui::Terminal<B>) -> Result<(), B::Error> {
+    let size = t.size()?;
+    t.resize(Rect::new(0, 0, size.width, size.height))
+}
+
 impl Drop for Terminal {
     /// On an early return with `?` the terminal is restored too.
     fn drop(&mut self) {
         if self.active {
             restore();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use ratatui::backend::{ClearType, TestBackend, WindowSize};
+    use ratatui::buffer::Cell;
+    use ratatui::layout::{Position, Size};
+
+    use super::*;
+
+    /// A backend that cannot tell where the cursor is, like crossterm's while another thread reads the
+    /// input: any query fails the test.
+    struct NoCursorQueries {
+        inner: TestBackend,
+        clears: usize,
+    }
+
+    fn ok<T>(r: Result<T, std::convert::Infallible>) -> io::Result<T> {
+        let Ok(v) = r;
+        Ok(v)
+    }
+
+    impl Backend for NoCursorQueries {
+        type Error = io::Error;
+        fn draw<'a, I>(&mut self, content: I) -> io::Result<()>
+        where
+            I: Iterator<Item = (u16, u16, &'a Cell)>,
+        {
+            ok(self.inner.draw(content))
+        }
+        fn hide_cursor(&mut self) -> io::Result<()> {
+            ok(self.inner.hide_cursor())
+        }
+        fn show_cursor(&mut self) -> io::Result<()> {
+            ok(self.inner.show_cursor())
+        }
+        fn get_cursor_position(&mut self) -> io::Result<Position> {
+            Err(io::Error::other(
+                "The cursor position could not be read within a normal duration",
+            ))
+        }
+        fn set_cursor_position<P: Into<Position>>(&mut self, position: P) -> io::Result<()> {
+            ok(self.inner.set_cursor_position(position))
+        }
+        fn clear(&mut self) -> io::Result<()> {
+            self.clears += 1;
+            ok(self.inner.clear())
+        }
+        fn clear_region(&mut self, clear_type: ClearType) -> io::Result<()> {
+            if clear_type == ClearType::All {
+                self.clears += 1;
+            }
+            ok(self.inner.clear_region(clear_type))
+        }
+        fn size(&self) -> io::Result<Size> {
+            ok(self.inner.size())
+        }
+        fn window_size(&mut self) -> io::Result<WindowSize> {
+            ok(self.inner.window_size())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            ok(self.inner.flush())
+        }
+    }
+
+    #[test]
+    fn ctrl_l_and_drawing_never_ask_where_the_cursor_is() {
+        let backend = NoCursorQueries {
+            inner: TestBackend::new(80, 24),
+            clears: 0,
+        };
+        let mut t = ratatui::Terminal::new(backend).unwrap();
+        let mut app = App::new(vec!["127.0.0.1:7001".into()], Some("alice".into()), 0, 0);
+        app.update(crate::app::Action::Resize(80, 24));
+        t.draw(|f| crate::ui::render(&app, f)).unwrap();
+        // Something drawn over the screen behind ratatui's back (what Ctrl-L is for).
+        t.backend_mut().inner.clear().unwrap();
+        clear_all(&mut t).unwrap();
+        assert!(t.backend().clears >= 1, "the screen is cleared");
+        t.draw(|f| crate::ui::render(&app, f)).unwrap();
+        let shown = t.backend().inner.to_string();
+        assert!(
+            shown.contains("Sign in"),
+            "everything is drawn again:\n{shown}"
+        );
     }
 }

@@ -189,3 +189,70 @@ async fn two_people_chat_through_a_leader_crash() {
     assert!(panel.contains(&format!("Leader     {new} at")), "{panel}");
     eprintln!("alice after the failover:\n{panel}");
 }
+
+/// The process ids of `pid`'s children.
+fn children(pid: &str) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// SIGTERM and SIGHUP quit through the normal exit path: out of the alternate screen, out of raw mode.
+#[test]
+fn sigterm_and_sighup_restore_the_terminal() {
+    let tmux = Tmux::new();
+    let home = tempfile::tempdir().unwrap();
+    // Nothing listens there: the sign-in screen shows anyway.
+    let port = common::free_port();
+    for signal in ["TERM", "HUP"] {
+        let name = format!("sig{signal}");
+        let command = format!(
+            "sh -c 'env HOME={d} XDG_CONFIG_HOME={d}/config XDG_CACHE_HOME={d}/cache {bin} --server 127.0.0.1:{port}; \
+             echo EXITED $?; stty -a; echo STTY-DONE; sleep 60'",
+            d = home.path().display(),
+            bin = env!("CARGO_BIN_EXE_baton"),
+        );
+        tmux.start(&name, &command);
+        tmux.wait_for(&name, "the sign-in screen", |s| s.contains("sign in"));
+        let shell = tmux.run(&["display-message", "-p", "-t", &name, "#{pane_pid}"]);
+        let deadline = Instant::now() + WAIT;
+        let baton = loop {
+            // `sh` runs `env`, which execs baton in its place.
+            if let Some(pid) = children(shell.trim()).into_iter().next() {
+                break pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no baton process under the shell"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let killed = Command::new("kill")
+            .args([&format!("-{signal}"), &baton])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let screen = tmux.wait_for(&name, "baton to exit", |s| s.contains("STTY-DONE"));
+        assert!(
+            !screen.contains("sign in"),
+            "SIG{signal}: the alternate screen was left:\n{screen}"
+        );
+        let alternate = tmux.run(&["display-message", "-p", "-t", &name, "#{alternate_on}"]);
+        assert_eq!(
+            alternate.trim(),
+            "0",
+            "SIG{signal}: still on the alternate screen"
+        );
+        assert!(
+            screen.contains("EXITED 0"),
+            "SIG{signal}: a signal is a normal quit:\n{screen}"
+        );
+        let flat = screen.split_whitespace().collect::<Vec<_>>();
+        assert!(
+            flat.contains(&"icanon") && flat.contains(&"echo"),
+            "SIG{signal}: the terminal is still in raw mode:\n{screen}"
+        );
+    }
+}

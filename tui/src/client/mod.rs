@@ -57,7 +57,7 @@ impl Client {
         self.command(Command::Logout);
     }
 
-    /// `AccountDeleted` then `LoggedOut`, or a `Notice` saying why not.
+    /// `AccountDeleted` then `LoggedOut`, or `DeleteAccountFailed` saying why not.
     pub fn delete_account(&self, password: String) {
         self.command(Command::DeleteAccount { password });
     }

@@ -136,6 +136,9 @@ pub enum ClientEvent {
         accounts: Vec<Account>,
         next_page_token: String,
     },
+    /// `delete_account` refused or failed (wrong password, no leader in time...): the reason, for the
+    /// delete dialog, which stays open until this or `AccountDeleted`.
+    DeleteAccountFailed(String),
     /// Something the person should know (shown in the status line).
     Notice(String),
 }

@@ -9,7 +9,7 @@
 //! answer that it no longer leads, or no answer, takes it down. Requests, the outbox and the subscription
 //! run only while up; what arrives while down waits (requests for a while, outgoing messages until sent).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use baton_proto::limits;
@@ -275,6 +275,8 @@ struct Worker {
     login_generation: u64,
     jobs: VecDeque<Job>,
     job_backoff: Backoff,
+    /// Peers with a MarkRead call in flight.
+    marks_in_flight: HashSet<String>,
 
     outbox: Outbox,
     send_backoff: Backoff,
@@ -338,6 +340,7 @@ impl Worker {
             login_generation: 0,
             jobs: VecDeque::new(),
             job_backoff: Backoff::default(),
+            marks_in_flight: HashSet::new(),
             outbox: Outbox::default(),
             send_backoff: Backoff::default(),
             sub: None,
@@ -498,7 +501,9 @@ impl Worker {
                 now,
             ),
             Command::MarkRead { peer, up_to_id } => {
-                self.queue_authed(Req::MarkRead { peer, up_to_id }, now)
+                if !self.merge_mark(&peer, up_to_id, now) {
+                    self.queue_authed(Req::MarkRead { peer, up_to_id }, now)
+                }
             }
             Command::DeleteMessages(ids) => {
                 for chunk in ids.chunks(limits::DELETE_IDS_MAX) {
@@ -513,6 +518,24 @@ impl Worker {
         }
     }
 
+    /// Folds a read mark into one for the same peer still waiting in the queue (each is a replicated
+    /// write, and a later mark covers every earlier one). Returns whether there was one.
+    fn merge_mark(&mut self, peer: &str, up_to_id: u64, now: Instant) -> bool {
+        for job in &mut self.jobs {
+            if let Req::MarkRead {
+                peer: p,
+                up_to_id: up,
+            } = &mut job.req
+                && p == peer
+            {
+                *up = (*up).max(up_to_id);
+                job.deadline = job.deadline.max(now + PATIENCE);
+                return true;
+            }
+        }
+        false
+    }
+
     fn queue(&mut self, req: Req, now: Instant) {
         self.jobs.push_back(Job {
             req,
@@ -524,6 +547,10 @@ impl Worker {
 
     fn queue_authed(&mut self, req: Req, now: Instant) {
         if self.session.is_none() && self.auth_pending == 0 {
+            if let Req::DeleteAccount { .. } = req {
+                self.emit(ClientEvent::DeleteAccountFailed("log in first".into()));
+                return;
+            }
             self.emit(ClientEvent::Notice(format!(
                 "could not {}: log in first",
                 req.what()
@@ -813,6 +840,13 @@ impl Worker {
         }
         let mut keep = VecDeque::new();
         while let Some(job) = self.jobs.pop_front() {
+            if let Req::MarkRead { peer, .. } = &job.req
+                && self.marks_in_flight.contains(peer)
+            {
+                // One read mark per peer in flight; later ones wait, folded into one (see merge_mark).
+                keep.push_back(job);
+                continue;
+            }
             let token = match &job.req {
                 Req::Logout { token } => Some(token.clone()),
                 req if req.needs_session() => match &self.session {
@@ -825,6 +859,9 @@ impl Worker {
                 },
                 _ => None,
             };
+            if let Req::MarkRead { peer, .. } = &job.req {
+                self.marks_in_flight.insert(peer.clone());
+            }
             self.spawn_job(addr, token, job, now);
         }
         self.jobs = keep;
@@ -859,6 +896,9 @@ impl Worker {
         result: Result<Reply, Status>,
         now: Instant,
     ) {
+        if let Req::MarkRead { peer, .. } = &job.req {
+            self.marks_in_flight.remove(peer);
+        }
         if job.req.is_auth() && job.generation != self.login_generation {
             // The person logged out meanwhile: do not log in behind their back.
             if let Ok(Reply::LoggedIn(r)) = result {
@@ -932,6 +972,7 @@ impl Worker {
             }
             // The session is already forgotten here; the server expires it in time.
             Req::Logout { .. } => tracing::debug!(error = %why, "logout not confirmed"),
+            Req::DeleteAccount { .. } => self.emit(ClientEvent::DeleteAccountFailed(why)),
             req => self.emit(ClientEvent::Notice(format!(
                 "could not {}: {why}",
                 req.what()
@@ -1357,5 +1398,79 @@ async fn call(
                 .await
                 .map(|r| Reply::Deleted(r.deleted_ids))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marks(w: &Worker) -> Vec<(String, u64)> {
+        w.jobs
+            .iter()
+            .filter_map(|j| match &j.req {
+                Req::MarkRead { peer, up_to_id } => Some((peer.clone(), *up_to_id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// 300 incoming messages read one by one are not 300 replicated writes: one MarkRead per peer is in
+    /// flight, and the ones after it fold into a single waiting one with the highest id.
+    #[tokio::test]
+    async fn read_marks_are_coalesced_per_peer() {
+        let (events, _event_rx) = mpsc::unbounded_channel();
+        let (itx, _irx) = mpsc::unbounded_channel();
+        // Nothing answers there, and the answers are never read: what was sent stays in flight.
+        let addr = "127.0.0.1:9".to_string();
+        let mut w = Worker::new(vec![addr.clone()], events, itx);
+        w.link = Link::Up {
+            addr: addr.clone(),
+            leader_id: 1,
+        };
+        w.next_heartbeat = Instant::now() + Duration::from_secs(60);
+        w.session = Some(Session {
+            username: "alice".into(),
+            token: "t".into(),
+        });
+        let now = Instant::now();
+        for id in 1..=300 {
+            w.on_command(
+                Command::MarkRead {
+                    peer: "bob".into(),
+                    up_to_id: id,
+                },
+                now,
+            );
+            w.step(now);
+        }
+        w.on_command(
+            Command::MarkRead {
+                peer: "carol".into(),
+                up_to_id: 7,
+            },
+            now,
+        );
+        w.step(now);
+        assert!(w.marks_in_flight.contains("bob"));
+        assert!(
+            w.marks_in_flight.contains("carol"),
+            "peers do not wait on each other"
+        );
+        assert_eq!(marks(&w), vec![("bob".to_string(), 300)]);
+        // The one in flight answers: the waiting one goes out next.
+        let done = Job {
+            req: Req::MarkRead {
+                peer: "bob".into(),
+                up_to_id: 1,
+            },
+            deadline: now + PATIENCE,
+            retried: false,
+            generation: 0,
+        };
+        w.on_done(addr, Some("t".into()), done, Ok(Reply::Marked), now);
+        w.step(now);
+        assert!(marks(&w).is_empty());
+        assert!(w.marks_in_flight.contains("bob"));
     }
 }

@@ -44,6 +44,7 @@ pub fn render_delete(
     area: Rect,
     password: &Composer,
     error: Option<&str>,
+    checking: bool,
 ) {
     let me = sanitize_line(app.me.as_deref().unwrap_or(""));
     let r = centered(area, 60, 11);
@@ -73,11 +74,17 @@ pub fn render_delete(
         Span::raw(shown),
     ]));
     lines.push(Line::raw(""));
-    if let Some(e) = error {
+    if checking {
+        lines.push(Line::styled("Checking the password…", style::dim()));
+    } else if let Some(e) = error {
         lines.push(Line::styled(e.to_string(), style::error()));
     }
     lines.push(Line::styled(
-        "Enter delete for good · Esc cancel",
+        if checking {
+            "Esc close (the deletion goes on)"
+        } else {
+            "Enter delete for good · Esc cancel"
+        },
         style::key(),
     ));
     f.render_widget(Clear, r);

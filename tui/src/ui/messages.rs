@@ -66,62 +66,94 @@ fn width_of_name(n: &str) -> usize {
 
 /// Every row of the current conversation at `width` columns.
 pub fn pane_lines(app: &App, width: usize) -> Vec<PaneLine> {
+    tail_lines(app, width, usize::MAX)
+}
+
+/// One entry of the pane: a message the cluster holds, or one of mine it has not acknowledged.
+#[derive(Clone, Copy)]
+enum Item<'a> {
+    Msg(&'a Message),
+    Out(&'a OutboxEntry),
+}
+
+impl Item<'_> {
+    /// When, and who: what the next entry needs to know (date separators, elided times).
+    fn when_who<'a>(&'a self, me: &'a str) -> (i64, &'a str) {
+        match self {
+            Item::Msg(m) => (m.sent_at_ms, m.sender.as_str()),
+            Item::Out(o) => (o.since_ms, me),
+        }
+    }
+}
+
+/// The last rows of the current conversation at `width` columns: at least `need` of them (whole messages,
+/// so maybe a few more), or all of them when there are fewer. Only these are sanitised and wrapped, so a
+/// frame costs what it shows, not the length of the history.
+pub fn tail_lines(app: &App, width: usize, need: usize) -> Vec<PaneLine> {
     let mut out = Vec::new();
     let (Some(peer), Some(thread)) = (app.selected.as_deref(), app.current_thread()) else {
         return out;
     };
     let g = geometry(app, width);
-    if thread.has_more {
-        let text = if thread.loading {
-            "loading older messages…"
-        } else {
-            "↑ older messages: PgUp / Home"
-        };
-        out.push(centered_note(text, width));
-    } else if thread.loaded && !thread.messages.is_empty() {
-        out.push(centered_note(
-            &format!(
-                "beginning of your conversation with {}",
-                sanitize_line(peer)
-            ),
-            width,
-        ));
-    }
-    let mut prev: Option<(i64, String)> = None;
-    for m in thread.messages.values() {
-        if prev
-            .as_ref()
-            .is_none_or(|(t, _)| !timefmt::same_day(*t, m.sent_at_ms, app.utc_offset_s))
-        {
-            out.push(separator(
-                &timefmt::day_label(m.sent_at_ms, app.now_ms, app.utc_offset_s),
+    let me = app.me.as_deref().unwrap_or("");
+    let items: Vec<Item> = thread
+        .messages
+        .values()
+        .map(Item::Msg)
+        .chain(app.outbox_for(peer).map(Item::Out))
+        .collect();
+    let mut chunks: Vec<Vec<PaneLine>> = Vec::new();
+    let mut rows = 0usize;
+    let mut i = items.len();
+    while i > 0 && rows < need {
+        i -= 1;
+        let prev = i.checked_sub(1).map(|p| items[p].when_who(me));
+        let mut chunk = Vec::new();
+        let (at, _) = items[i].when_who(me);
+        if prev.is_none_or(|(t, _)| !timefmt::same_day(t, at, app.utc_offset_s)) {
+            chunk.push(separator(
+                &timefmt::day_label(at, app.now_ms, app.utc_offset_s),
                 width,
             ));
         }
-        if thread.unread_from == Some(m.id) {
-            out.push(PaneLine {
-                line: Line::styled(rule("new", width), style::error()),
-                msg: None,
-            });
+        match items[i] {
+            Item::Msg(m) => {
+                if thread.unread_from == Some(m.id) {
+                    chunk.push(PaneLine {
+                        line: Line::styled(rule("new", width), style::error()),
+                        msg: None,
+                    });
+                }
+                let elide = prev.is_some_and(|(t, who)| {
+                    who == m.sender && timefmt::same_minute(t, m.sent_at_ms, app.utc_offset_s)
+                });
+                chunk.extend(message_block(app, &g, m, elide));
+            }
+            Item::Out(o) => chunk.extend(outbox_block(app, &g, o)),
         }
-        let elide = prev.as_ref().is_some_and(|(t, who)| {
-            who == &m.sender && timefmt::same_minute(*t, m.sent_at_ms, app.utc_offset_s)
-        });
-        out.extend(message_block(app, &g, m, elide));
-        prev = Some((m.sent_at_ms, m.sender.clone()));
+        rows += chunk.len();
+        chunks.push(chunk);
     }
-    for o in app.outbox_for(peer) {
-        if prev
-            .as_ref()
-            .is_none_or(|(t, _)| !timefmt::same_day(*t, o.since_ms, app.utc_offset_s))
-        {
-            out.push(separator(
-                &timefmt::day_label(o.since_ms, app.now_ms, app.utc_offset_s),
+    if i == 0 {
+        if thread.has_more {
+            let text = if thread.loading {
+                "loading older messages…"
+            } else {
+                "↑ older messages: PgUp / Home"
+            };
+            out.push(centered_note(text, width));
+        } else if thread.loaded && !thread.messages.is_empty() {
+            out.push(centered_note(
+                &format!(
+                    "beginning of your conversation with {}",
+                    sanitize_line(peer)
+                ),
                 width,
             ));
         }
-        out.extend(outbox_block(app, &g, o));
-        prev = Some((o.since_ms, app.me.clone().unwrap_or_default()));
+    }
+    for chunk in chunks.into_iter().rev() {
+        out.extend(chunk);
     }
     out
 }
@@ -155,7 +187,15 @@ fn separator(label: &str, width: usize) -> PaneLine {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// How many message blocks were built (sanitised and wrapped), for the tests that keep a frame cheap.
+    pub static BLOCKS_BUILT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 fn message_block(app: &App, g: &Geometry, m: &Message, elide_time: bool) -> Vec<PaneLine> {
+    #[cfg(test)]
+    BLOCKS_BUILT.with(|n| n.set(n.get() + 1));
     let mine = app.me.as_deref() == Some(m.sender.as_str());
     let mark = match (mine, m.read) {
         (false, _) => Mark::None,
@@ -321,7 +361,13 @@ pub fn render(app: &App, f: &mut Frame, area: Rect) {
     let inner = block.inner(area);
     let w = inner.width as usize;
     let h = inner.height as usize;
-    let lines = pane_lines(app, w);
+    // In delete mode the cursor may be anywhere; otherwise only what is shown (and above it, to know
+    // whether the top is reached) is built.
+    let lines = if app.delete_mode.is_some() {
+        pane_lines(app, w)
+    } else {
+        tail_lines(app, w, app.scroll.saturating_add(h).saturating_add(1))
+    };
     let total = lines.len();
     let max_scroll = total.saturating_sub(h);
     let mut scroll = app.scroll.min(max_scroll);

@@ -49,13 +49,21 @@ pub fn render(app: &App, f: &mut Frame) {
     match &app.popup {
         None => {}
         Some(Popup::Help { scroll }) => help::render(app, f, area, *scroll),
-        Some(Popup::ConfirmQuit) => confirm::render(
-            f,
-            area,
-            " Quit ",
-            &["Quit baton?".to_string()],
-            "y / Enter quit · n / Esc stay",
-        ),
+        Some(Popup::ConfirmQuit) => {
+            // Quitting drops what the outbox holds (pending and failed alike): say so.
+            let text = match app.outbox.len() {
+                0 => vec!["Quit baton?".to_string()],
+                1 => vec![
+                    "1 message is not sent yet —".to_string(),
+                    "quit anyway? It will be lost.".to_string(),
+                ],
+                n => vec![
+                    format!("{n} messages are not sent yet —"),
+                    "quit anyway? They will be lost.".to_string(),
+                ],
+            };
+            confirm::render(f, area, " Quit ", &text, "y / Enter quit · n / Esc stay")
+        }
         Some(Popup::ConfirmDelete { ids }) => {
             let what = match ids.len() {
                 1 => "this message".to_string(),
@@ -74,9 +82,11 @@ pub fn render(app: &App, f: &mut Frame) {
         }
         Some(Popup::Search(s)) => search::render(f, area, s),
         Some(Popup::AccountMenu) => account::render_menu(app, f, area),
-        Some(Popup::DeleteAccount { password, error }) => {
-            account::render_delete(app, f, area, password, error.as_deref())
-        }
+        Some(Popup::DeleteAccount {
+            password,
+            error,
+            checking,
+        }) => account::render_delete(app, f, area, password, error.as_deref(), *checking),
     }
 }
 
@@ -104,7 +114,13 @@ pub fn fitting<'a>(options: &[&'a str], width: u16) -> Option<&'a str> {
 
 /// What a one-line field of `w` columns shows of `text` with the cursor at byte `cursor`: the text scrolled
 /// so the cursor stays visible, and the cursor's column in it.
+/// The text is what the person typed or pasted, so it is sanitised like any other (a pasted U+202E would
+/// otherwise turn the rest of the field around).
 pub fn field_view(text: &str, cursor: usize, w: usize) -> (String, usize) {
+    let (before, after) = text.split_at(cursor.min(text.len()));
+    let before = crate::sanitize::sanitize_line(before);
+    let shown_text = format!("{before}{}", crate::sanitize::sanitize_line(after));
+    let (text, cursor) = (shown_text.as_str(), before.len());
     let w = w.max(1);
     let col = width(&text[..cursor.min(text.len())]);
     let skip = (col + 1).saturating_sub(w);

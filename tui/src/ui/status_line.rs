@@ -23,9 +23,20 @@ pub fn connection(app: &App) -> (String, bool) {
             (s, true)
         }
         None if c.reconnect_attempts > 0 => {
+            // The client's own error often says "no server reachable (tried ...)" already: once is enough.
+            let error = sanitize_line(&c.last_error);
+            let error = error
+                .strip_prefix("no server reachable")
+                .map(|rest| {
+                    let rest = rest.trim_start_matches([' ', ':']);
+                    rest.strip_prefix('(')
+                        .and_then(|r| r.strip_suffix(')'))
+                        .unwrap_or(rest)
+                })
+                .unwrap_or(&error);
             let mut s = format!("○ no server reachable · attempt {}", c.reconnect_attempts);
-            if !c.last_error.is_empty() {
-                s.push_str(&format!(" · {}", sanitize_line(&c.last_error)));
+            if !error.is_empty() {
+                s.push_str(&format!(" · {error}"));
             }
             (s, false)
         }
@@ -35,17 +46,19 @@ pub fn connection(app: &App) -> (String, bool) {
 
 pub fn render(app: &App, f: &mut Frame, area: Rect) {
     let (conn, ok) = connection(app);
-    let mut spans = vec![Span::styled(
-        conn,
-        if ok { style::good() } else { style::error() },
-    )];
+    let mut spans = Vec::new();
+    // First: a line cut short keeps it (the connection's details can be long during an outage).
     let pending = app.pending_count();
     if pending > 0 {
         spans.push(Span::styled(
-            format!(" · {pending} waiting to send"),
+            format!("{pending} waiting to send · "),
             style::peer(),
         ));
     }
+    spans.push(Span::styled(
+        conn,
+        if ok { style::good() } else { style::error() },
+    ));
     if let Some(n) = app.notice_text() {
         spans.push(Span::raw(" │ "));
         spans.push(Span::raw(n.to_string()));

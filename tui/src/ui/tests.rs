@@ -338,7 +338,30 @@ fn create_account_name_taken() {
         &mut app,
         ClientEvent::AuthFailed("that name is taken".into()),
     );
+    // Only the name was refused: the passwords stay, so another name is all there is to type.
+    assert_eq!(app.signin.password.text(), "hunter22");
+    assert_eq!(app.signin.repeat.text(), "hunter22");
     insta::assert_snapshot!(screen(&app));
+}
+
+#[test]
+fn bidi_controls_in_the_name_field_are_shown() {
+    let mut app = new_app(80, 24);
+    app.update(Action::Paste("\u{202e}evil\u{200b}".into()));
+    assert_eq!(app.signin.username.text(), "\u{202e}evil\u{200b}");
+    let s = screen(&app);
+    assert!(s.contains("<U+202E>evil<U+200B>"), "{s}");
+    assert!(!s.contains('\u{202e}'));
+    // The cursor stands after what is shown, stand-ins included.
+    let plain = {
+        let mut a = new_app(80, 24);
+        a.update(Action::Paste("x".into()));
+        cursor(&a)
+    };
+    assert_eq!(
+        cursor(&app).0,
+        plain.0 - 1 + "<U+202E>evil<U+200B>".len() as u16
+    );
 }
 
 #[test]
@@ -559,6 +582,180 @@ fn sent_and_retried_messages() {
     insta::assert_snapshot!(screen(&app));
 }
 
+/// Scrolled up, new messages are out of sight: they stay unread until the person is back at the bottom.
+#[test]
+fn messages_arriving_while_scrolled_up_stay_unread() {
+    let mut app = signed_in(80, 14);
+    press(&mut app, KeyCode::PageUp);
+    assert!(app.scroll > 0);
+    let cmds = event(
+        &mut app,
+        ClientEvent::Message(msg(10, "bob", "alice", T0, "out of sight")),
+    );
+    assert!(cmds.is_empty(), "{cmds:?}");
+    let t = app.current_thread().unwrap();
+    assert!(!t.messages[&10].read);
+    assert_eq!(app.current().unwrap().conv.unread, 1);
+    // Typing does not scroll: still unread.
+    assert!(type_str(&mut app, "hm").is_empty());
+    let cmds = press(&mut app, KeyCode::End);
+    assert_eq!(
+        cmds,
+        vec![Command::MarkRead {
+            peer: "bob".into(),
+            up_to_id: 10
+        }]
+    );
+    assert!(app.current_thread().unwrap().messages[&10].read);
+    assert_eq!(app.current().unwrap().conv.unread, 0);
+    // Paging down to the bottom counts too.
+    press(&mut app, KeyCode::PageUp);
+    event(
+        &mut app,
+        ClientEvent::Message(msg(11, "bob", "alice", T0, "again")),
+    );
+    let mut cmds = Vec::new();
+    for _ in 0..20 {
+        cmds.extend(press(&mut app, KeyCode::PageDown));
+    }
+    assert_eq!(
+        cmds,
+        vec![Command::MarkRead {
+            peer: "bob".into(),
+            up_to_id: 11
+        }]
+    );
+}
+
+/// A MarkRead goes out only when the highest id read grows: replays and repeats ask for nothing.
+#[test]
+fn read_marks_only_grow() {
+    let mut app = signed_in(80, 24);
+    let mut sent = Vec::new();
+    for id in 10..13 {
+        sent.extend(event(
+            &mut app,
+            ClientEvent::Message(msg(id, "bob", "alice", T0, "hi")),
+        ));
+    }
+    assert_eq!(sent.len(), 3);
+    // After a reconnect the server replays them as unread (the marks were still on their way).
+    for id in 10..13 {
+        let cmds = event(
+            &mut app,
+            ClientEvent::Message(msg(id, "bob", "alice", T0, "hi")),
+        );
+        assert!(cmds.is_empty(), "{cmds:?}");
+    }
+    assert!(app.current_thread().unwrap().messages[&12].read);
+    // The history again (after a failover) changes nothing either.
+    let cmds = event(
+        &mut app,
+        ClientEvent::History {
+            peer: "bob".into(),
+            before_id: 0,
+            messages: vec![msg(12, "bob", "alice", T0, "hi")],
+            has_more: true,
+        },
+    );
+    assert!(cmds.is_empty(), "{cmds:?}");
+}
+
+/// A read receipt missed during a failover arrives with the replayed message (or the page asked again
+/// after the failover): the ✓ becomes ✓✓.
+#[test]
+fn a_replayed_message_brings_its_read_receipt() {
+    let mut app = signed_in(80, 24);
+    let mine = msg(5, "alice", "bob", T0 - 20 * MIN, "long message");
+    assert!(!app.current_thread().unwrap().messages[&5].read);
+    let mut replayed = mine.clone();
+    replayed.body = app.current_thread().unwrap().messages[&5].body.clone();
+    replayed.read = true;
+    event(&mut app, ClientEvent::Message(replayed));
+    assert!(app.current_thread().unwrap().messages[&5].read);
+    assert!(screen(&app).contains("on and on ✓✓"), "{}", screen(&app));
+    // The conversation's preview follows when it is that message.
+    event(
+        &mut app,
+        ClientEvent::Message(msg(20, "alice", "bob", T0, "newest")),
+    );
+    let mut read20 = msg(20, "alice", "bob", T0, "newest");
+    read20.read = true;
+    event(&mut app, ClientEvent::Message(read20));
+    let last = app.current().unwrap().conv.last.clone().unwrap();
+    assert_eq!((last.id, last.read), (20, true));
+    // A failover asks again for the list and the open page, where receipts of older messages are.
+    let cmds = event(
+        &mut app,
+        ClientEvent::Failover(Failover {
+            from_leader: 1,
+            to_leader: 2,
+            took: Duration::from_millis(500),
+            at_ms: T0,
+        }),
+    );
+    assert_eq!(
+        cmds,
+        vec![
+            Command::LoadConversations,
+            Command::LoadHistory {
+                peer: "bob".into(),
+                before_id: 0
+            }
+        ]
+    );
+}
+
+/// A long history costs a frame only what it shows: drawing (and typing) does not sanitise and wrap
+/// every message each time.
+#[test]
+fn a_frame_builds_only_the_visible_messages() {
+    let mut app = signed_in(80, 24);
+    for id in 100..700 {
+        event(
+            &mut app,
+            ClientEvent::Message(msg(
+                id,
+                if id % 2 == 0 { "bob" } else { "alice" },
+                if id % 2 == 0 { "alice" } else { "bob" },
+                T0,
+                "a message long enough to wrap over two rows of the pane, as chat messages often are",
+            )),
+        );
+    }
+    let built = |app: &mut App, f: &dyn Fn(&mut App)| {
+        super::messages::BLOCKS_BUILT.with(|n| n.set(0));
+        f(app);
+        super::messages::BLOCKS_BUILT.with(|n| n.get())
+    };
+    let n = built(&mut app, &|a| {
+        let _ = draw(a);
+    });
+    assert!(n < 40, "one frame built {n} message blocks");
+    let n = built(&mut app, &|a| {
+        type_str(a, "x");
+        press(a, KeyCode::PageUp);
+        press(a, KeyCode::PageDown);
+    });
+    assert!(n < 80, "three keys built {n} message blocks");
+    // Scrolled up, the view is still right: the same rows as the full layout.
+    press(&mut app, KeyCode::PageUp);
+    press(&mut app, KeyCode::PageUp);
+    let s = screen(&app);
+    let w = super::layout::message_inner_width(&app);
+    let all = super::messages::pane_lines(&app, w);
+    let h = super::layout::message_inner_height(&app);
+    let end = all.len() - app.scroll;
+    let want: String = all[end - h..end]
+        .iter()
+        .map(|l| l.line.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for row in want.lines() {
+        assert!(s.contains(row.trim_end()), "missing {row:?} in\n{s}");
+    }
+}
+
 // ----- popups -----
 
 #[test]
@@ -699,9 +896,76 @@ fn account_menu_and_delete_account() {
             password: "hunter22".into()
         }]
     );
+    // The dialog stays until the server answers.
+    assert!(matches!(
+        app.popup,
+        Some(Popup::DeleteAccount { checking: true, .. })
+    ));
     event(&mut app, ClientEvent::AccountDeleted);
     assert_eq!(app.screen, crate::app::Screen::SignIn);
     assert!(app.conversations.is_empty());
+    assert!(app.popup.is_none());
+}
+
+/// A wrong password keeps the dialog open with the reason; nothing typed meanwhile reaches the composer
+/// (where Enter would send the password to bob).
+#[test]
+fn delete_account_with_a_wrong_password() {
+    let mut app = signed_in(80, 24);
+    ctrl(&mut app, 'o');
+    type_str(&mut app, "d");
+    type_str(&mut app, "wrong");
+    let cmds = press(&mut app, KeyCode::Enter);
+    assert_eq!(
+        cmds,
+        vec![Command::DeleteAccount {
+            password: "wrong".into()
+        }]
+    );
+    // Waiting: a second Enter and more typing do nothing.
+    assert!(press(&mut app, KeyCode::Enter).is_empty());
+    assert!(type_str(&mut app, "hunter22").is_empty());
+    assert!(press(&mut app, KeyCode::Enter).is_empty());
+    let s = screen(&app);
+    assert!(s.contains("Checking the password…"), "{s}");
+    insta::assert_snapshot!("delete_account_checking", s);
+    event(
+        &mut app,
+        ClientEvent::DeleteAccountFailed("wrong password".into()),
+    );
+    let Some(Popup::DeleteAccount {
+        password,
+        error,
+        checking,
+    }) = &app.popup
+    else {
+        panic!("the dialog closed: {:?}", app.popup);
+    };
+    assert!(!checking);
+    assert_eq!(error.as_deref(), Some("Wrong password"));
+    assert_eq!(password.text(), "wrong", "the field keeps what was typed");
+    assert!(app.composer.is_empty());
+    insta::assert_snapshot!("delete_account_wrong_password", screen(&app));
+    // Corrected, it goes again.
+    ctrl(&mut app, 'u');
+    type_str(&mut app, "hunter22");
+    assert_eq!(
+        press(&mut app, KeyCode::Enter),
+        vec![Command::DeleteAccount {
+            password: "hunter22".into()
+        }]
+    );
+    // Closed while checking, a refusal still shows, as a notice.
+    press(&mut app, KeyCode::Esc);
+    assert!(app.popup.is_none());
+    event(
+        &mut app,
+        ClientEvent::DeleteAccountFailed("wrong password".into()),
+    );
+    assert_eq!(
+        app.notice_text(),
+        Some("Account not deleted: Wrong password")
+    );
 }
 
 #[test]
@@ -733,6 +997,30 @@ fn ctrl_c_clears_then_asks_before_quitting() {
     assert!(app.popup.is_none());
     ctrl(&mut app, 'c');
     assert_eq!(press(&mut app, KeyCode::Char('y')), vec![Command::Quit]);
+}
+
+#[test]
+fn quitting_with_unsent_messages_says_so() {
+    let mut app = signed_in(80, 24);
+    with_outbox(&mut app);
+    event(
+        &mut app,
+        ClientEvent::Outgoing {
+            local_id: LocalId("l3".into()),
+            to: "carol".into(),
+            body: "later".into(),
+            state: Outgoing::Pending,
+        },
+    );
+    ctrl(&mut app, 'c');
+    let s = screen(&app);
+    assert!(s.contains("3 messages are not sent yet"), "{s}");
+    insta::assert_snapshot!("confirm_quit_unsent", s);
+    // At the smallest size the question still fits.
+    app.update(Action::Resize(40, 12));
+    let s = screen(&app);
+    assert!(s.contains("3 messages are not sent yet"), "{s}");
+    assert!(s.contains("quit anyway?"), "{s}");
 }
 
 #[test]
@@ -821,6 +1109,42 @@ fn help_lists_every_key() {
 fn too_small() {
     let app = signed_in(30, 8);
     insta::assert_snapshot!(screen(&app));
+}
+
+/// Just under the minimum, the notice is whole.
+#[test]
+fn too_small_fits_at_40_by_10() {
+    let app = signed_in(40, 10);
+    let s = screen(&app);
+    let flat: String = s
+        .lines()
+        .map(|l| l.trim_matches('"').trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(flat.contains("Terminal too small: 40×10."), "{s}");
+    assert!(flat.contains("Baton needs 40×12."), "{s}");
+    insta::assert_snapshot!(s);
+}
+
+/// During an outage the status line says so once, and the count of waiting messages comes first, where
+/// it is never cut off.
+#[test]
+fn status_line_during_an_outage() {
+    let mut app = signed_in(80, 24);
+    with_outbox(&mut app);
+    let mut view = unreachable();
+    view.last_error =
+        "no server reachable (tried 127.0.0.1:7001, 127.0.0.1:7002, 127.0.0.1:7003)".into();
+    event(&mut app, ClientEvent::Cluster(view));
+    let s = screen(&app);
+    let status = s.lines().last().unwrap();
+    assert_eq!(status.matches("no server reachable").count(), 1, "{status}");
+    assert!(status.contains("1 waiting to send"), "{status}");
+    assert!(
+        status.find("1 waiting").unwrap() < status.find("no server").unwrap(),
+        "{status}"
+    );
+    insta::assert_snapshot!(s);
 }
 
 #[test]

@@ -2,15 +2,20 @@
 
 use ratatui::Frame;
 use ratatui::layout::{Alignment, Rect};
+use ratatui::text::Line;
 use ratatui::widgets::{Paragraph, Wrap};
 
 use super::layout::{MIN_HEIGHT, MIN_WIDTH};
 
 pub fn render(f: &mut Frame, area: Rect) {
-    let text = format!(
-        "Terminal too small: {}×{}. Baton needs {MIN_WIDTH}×{MIN_HEIGHT}.",
-        area.width, area.height
-    );
+    // Two lines, each whole where it fits: wrapping one long line splits "40×12" from "needs".
+    let text = vec![
+        Line::raw(format!(
+            "Terminal too small: {}×{}.",
+            area.width, area.height
+        )),
+        Line::raw(format!("Baton needs {MIN_WIDTH}×{MIN_HEIGHT}.")),
+    ];
     let y = area.y + area.height / 3;
     let target = Rect {
         y,
