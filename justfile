@@ -1,12 +1,14 @@
-# Everyday recipes. `just --list` shows them.
+# Everyday recipes. `just --list` shows them. (No `just`? `pip install rust-just` or `cargo install just`.)
 
-# Run every test (what CI runs).
+# Run every test (what CI runs after fmt and lint).
 test:
     cargo test --workspace
 
+# Format every crate.
 fmt:
     cargo fmt --all
 
+# Clippy with warnings as errors.
 lint:
     cargo clippy --workspace --all-targets -- -D warnings
 
@@ -14,8 +16,14 @@ lint:
 server:
     cargo run -p baton-server -- --listen 127.0.0.1:7001 --data-dir ./data
 
-# Three servers on 127.0.0.1:7001-7003 with data in ./data/cluster (Ctrl-C stops them).
+# Three servers on 127.0.0.1:7001-7003 with data in ./data/cluster, no tmux (Ctrl-C stops them).
 cluster:
-    cargo build --release -p baton-server
-    mkdir -p data/cluster && test -f data/cluster/secret || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > data/cluster/secret
-    trap 'kill 0' INT TERM; for i in 1 2 3; do ./target/release/baton-server --id $i --listen 127.0.0.1:700$i --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 --cluster-secret-file data/cluster/secret --data-dir data/cluster & done; wait
+    assets/cluster.sh
+
+# The live failover demo in tmux: alice, bob and the cluster control pane (leaving tmux stops it all).
+demo:
+    assets/demo.sh
+
+# The demo as a test, detached: a message, a leader kill, another message, checked on every pane.
+demo-check:
+    assets/demo.sh check

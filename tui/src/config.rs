@@ -7,15 +7,14 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Deserialize;
 
-/// Used when neither a flag nor the config file names a server: the three servers of `just cluster`.
-pub const DEFAULT_SERVERS: [&str; 3] = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"];
-
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub servers: Vec<String>,
     pub user: Option<String>,
     pub log_level: String,
+    /// The first of the local cluster's three ports (used when no server is configured).
+    pub local_port_base: Option<u16>,
 }
 
 impl Default for Config {
@@ -24,6 +23,7 @@ impl Default for Config {
             servers: Vec::new(),
             user: None,
             log_level: "info".into(),
+            local_port_base: None,
         }
     }
 }
@@ -68,14 +68,14 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
     Ok(toml::from_str(text)?)
 }
 
-/// Flags win over the file; the file over the defaults.
-pub fn servers(flags: &[String], cfg: &Config) -> Vec<String> {
+/// Flags win over the file; None when neither names a server: then baton runs a local cluster.
+pub fn servers(flags: &[String], cfg: &Config) -> Option<Vec<String>> {
     if !flags.is_empty() {
-        flags.to_vec()
+        Some(flags.to_vec())
     } else if !cfg.servers.is_empty() {
-        cfg.servers.clone()
+        Some(cfg.servers.clone())
     } else {
-        DEFAULT_SERVERS.iter().map(|s| s.to_string()).collect()
+        None
     }
 }
 
@@ -93,9 +93,11 @@ mod tests {
     fn server_precedence() {
         let cfg = parse("servers = [\"a:1\"]\nuser = \"alice\"").unwrap();
         assert_eq!(cfg.user.as_deref(), Some("alice"));
-        assert_eq!(servers(&["b:2".into()], &cfg), vec!["b:2"]);
-        assert_eq!(servers(&[], &cfg), vec!["a:1"]);
-        assert_eq!(servers(&[], &Config::default()).len(), 3);
+        assert_eq!(servers(&["b:2".into()], &cfg), Some(vec!["b:2".into()]));
+        assert_eq!(servers(&[], &cfg), Some(vec!["a:1".into()]));
+        assert_eq!(servers(&[], &Config::default()), None, "the local cluster");
+        let cfg = parse("local_port_base = 7401").unwrap();
+        assert_eq!(cfg.local_port_base, Some(7401));
         assert!(parse("sever = []").is_err(), "typos are reported");
     }
 }

@@ -1,11 +1,15 @@
 //! `baton`: the terminal client. This file parses flags, reads the config, sets up file logging, owns the
 //! terminal, and runs the one event loop that feeds keys, client events and ticks to `App::update` and
-//! turns the `Command`s it returns into calls on the network client.
+//! turns the `Command`s it returns into calls on the network client. With no cluster configured it first
+//! starts a local one (`local`); `baton control` runs the cluster control pane (`control`) instead, and
+//! `baton create-account` creates an account for scripts.
 
 mod app;
 mod client;
 mod composer;
 mod config;
+mod control;
+mod local;
 mod sanitize;
 mod terminal;
 mod timefmt;
@@ -16,28 +20,58 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use crossterm::event::{Event, KeyEventKind};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
 
 use crate::app::{Action, App, Command};
-use crate::client::Client;
+use crate::client::{Client, ClientEvent};
+use crate::local::{LocalCluster, Started};
+
+/// How long the servers of the local cluster may take to start serving.
+const LOCAL_START_LIMIT: Duration = Duration::from_secs(20);
 
 /// Baton: a terminal chat client for a replicated Baton cluster.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Flags {
+    #[command(subcommand)]
+    command: Option<Sub>,
     /// A cluster member to contact (repeat for each; any member will do, the client finds the leader).
-    /// Default: the config file's `servers`, else 127.0.0.1:7001, :7002 and :7003.
+    /// Default: the config file's `servers`, else a local three-server cluster that baton starts itself
+    /// and stops when it exits.
     #[arg(long = "server", value_name = "HOST:PORT")]
     servers: Vec<String>,
+    /// The local cluster's data directory, kept between runs (default: <data dir>/baton/local-cluster).
+    #[arg(long, value_name = "DIR", global = true)]
+    local_data_dir: Option<PathBuf>,
+    /// The first of the local cluster's three consecutive loopback ports (default: the config file's
+    /// `local_port_base`, else 7301).
+    #[arg(long, value_name = "PORT", global = true)]
+    local_port_base: Option<u16>,
     /// Config file (default: $XDG_CONFIG_HOME/baton/config.toml, else the platform's config directory).
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
     /// Username to fill in on the sign-in screen.
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// The cluster control pane: starts (or adopts) the local cluster's three servers, shows each one live,
+    /// and kills or restarts them on a key; quitting stops the servers it started.
+    Control,
+    /// Creates an account and exits (for scripts; the client creates accounts with Ctrl-T).
+    CreateAccount {
+        /// A cluster member (repeat for each).
+        #[arg(long = "server", value_name = "HOST:PORT", required = true)]
+        servers: Vec<String>,
+        #[arg(long, value_name = "NAME")]
+        user: String,
+        #[arg(long, env = "BATON_PASSWORD", hide_env_values = true)]
+        password: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -58,15 +92,72 @@ fn real_main() -> anyhow::Result<()> {
     let utc_offset_s = time::UtcOffset::current_local_offset()
         .map(|o| o.whole_seconds())
         .unwrap_or(0);
-    let servers = config::servers(&flags.servers, &cfg);
-    let user = flags.user.or(cfg.user.clone());
     let (log_dir, _log_guard) = init_logging(&cfg)?;
-    tracing::info!(?servers, log_dir = %log_dir.display(), "baton starting");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(run(servers, user, utc_offset_s));
+    let open_local = || -> anyhow::Result<LocalCluster> {
+        let dir = flags
+            .local_data_dir
+            .clone()
+            .unwrap_or_else(local::default_data_dir);
+        let port_base = flags
+            .local_port_base
+            .or(cfg.local_port_base)
+            .unwrap_or(local::DEFAULT_PORT_BASE);
+        Ok(LocalCluster::open(
+            &dir,
+            port_base,
+            local::server_binary()?,
+        )?)
+    };
+    let result = match flags.command {
+        Some(Sub::Control) => {
+            tracing::info!(log_dir = %log_dir.display(), "baton control starting");
+            control::run(&runtime, open_local()?, now_ms, utc_offset_s)
+        }
+        Some(Sub::CreateAccount {
+            servers,
+            user,
+            password,
+        }) => runtime
+            .block_on(client::create_account(
+                &servers,
+                &user,
+                &password,
+                Duration::from_secs(60),
+            ))
+            .map(|()| println!("created account {user}"))
+            .map_err(|e| anyhow::anyhow!("could not create account {user}: {e}")),
+        None => {
+            let user = flags.user.or(cfg.user.clone());
+            // Declared before the runtime's work starts and dropped after it, so the servers outlive the
+            // client and stop when baton does (also when it unwinds from a panic).
+            let mut local = None;
+            let (servers, notice) = match config::servers(&flags.servers, &cfg) {
+                Some(servers) => (servers, None),
+                None => {
+                    let cluster = local.insert(open_local()?);
+                    let started = cluster.start_all()?;
+                    cluster.wait_serving(LOCAL_START_LIMIT)?;
+                    let adopted = started
+                        .iter()
+                        .filter(|(_, s)| matches!(s, Started::Adopted(_)))
+                        .count();
+                    let notice = format!(
+                        "Local cluster on {} ({} started, {adopted} already running) · data in {}",
+                        cluster.addrs().join(", "),
+                        started.len() - adopted,
+                        cluster.dir().display()
+                    );
+                    (cluster.addrs(), Some(notice))
+                }
+            };
+            tracing::info!(?servers, log_dir = %log_dir.display(), "baton starting");
+            runtime.block_on(run(servers, user, utc_offset_s, local.as_mut(), notice))
+        }
+    };
     if let Err(e) = &result {
         tracing::error!(error = %e, "baton stopped with an error");
     }
@@ -97,25 +188,22 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-async fn run(servers: Vec<String>, user: Option<String>, utc_offset_s: i32) -> anyhow::Result<()> {
+async fn run(
+    servers: Vec<String>,
+    user: Option<String>,
+    utc_offset_s: i32,
+    mut local: Option<&mut LocalCluster>,
+    notice: Option<String>,
+) -> anyhow::Result<()> {
     let (client, mut client_events) = Client::start(servers.clone());
     let mut app = App::new(servers, user, now_ms(), utc_offset_s);
+    if let Some(n) = notice {
+        app.update(Action::Client(ClientEvent::Notice(n)));
+    }
     let mut term = terminal::Terminal::enter()?;
     let (w, h) = term.size()?;
     app.update(Action::Resize(w, h));
-
-    // crossterm's reader blocks, so it gets a thread of its own; it dies with the process.
-    let (term_tx, mut term_events) = mpsc::unbounded_channel();
-    std::thread::Builder::new()
-        .name("terminal-input".into())
-        .spawn(move || {
-            while let Ok(ev) = crossterm::event::read() {
-                if term_tx.send(ev).is_err() {
-                    break;
-                }
-            }
-        })
-        .context("starting the input thread")?;
+    let mut term_events = terminal::input_events()?;
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -139,7 +227,15 @@ async fn run(servers: Vec<String>, user: Option<String>, utc_offset_s: i32) -> a
                     None
                 }
             },
-            _ = tick.tick() => Some(Action::Tick(now_ms())),
+            _ = tick.tick() => {
+                // A local server that ended without us (killed from `baton control`, crashed) is news.
+                for (id, how) in local.as_deref_mut().map(LocalCluster::reap).unwrap_or_default() {
+                    app.update(Action::Client(ClientEvent::Notice(format!(
+                        "local server {id} exited ({how})"
+                    ))));
+                }
+                Some(Action::Tick(now_ms()))
+            }
             _ = sigterm.recv() => {
                 tracing::info!("SIGTERM: quitting");
                 break 'run;

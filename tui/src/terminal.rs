@@ -71,9 +71,12 @@ impl Terminal {
     }
 
     pub fn draw(&mut self, app: &App) -> anyhow::Result<()> {
-        self.inner
-            .draw(|f| crate::ui::render(app, f))
-            .context("drawing")?;
+        self.draw_with(|f| crate::ui::render(app, f))
+    }
+
+    /// Draws any screen (the control pane has its own).
+    pub fn draw_with(&mut self, render: impl FnOnce(&mut ratatui::Frame)) -> anyhow::Result<()> {
+        self.inner.draw(render).context("drawing")?;
         Ok(())
     }
 
@@ -104,6 +107,60 @@ impl Terminal {
 fn clear_all<B: Backend>(t: &mut ratatui::Terminal<B>) -> Result<(), B::Error> {
     let size = t.size()?;
     t.resize(Rect::new(0, 0, size.width, size.height))
+}
+
+/// Reads terminal input on a thread of its own (crossterm's reader blocks); the thread dies with the
+/// process.
+pub fn input_events()
+-> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<crossterm::event::Event>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("terminal-input".into())
+        .spawn(move || {
+            while let Ok(ev) = crossterm::event::read() {
+                if tx.send(ev).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("starting the input thread")?;
+    Ok(rx)
+}
+
+/// SIGTERM and SIGHUP (the terminal or tmux pane closing) end the program the way quitting does, so that
+/// the servers it started are stopped cleanly rather than left to the kernel's parent-death signal.
+pub struct QuitSignals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+impl QuitSignals {
+    /// Must be called inside the tokio runtime.
+    pub fn new() -> anyhow::Result<QuitSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(QuitSignals {
+                term: signal(SignalKind::terminate()).context("watching SIGTERM")?,
+                hup: signal(SignalKind::hangup()).context("watching SIGHUP")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(QuitSignals {})
+    }
+
+    /// Resolves when one arrives; never elsewhere.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
+        }
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await
+    }
 }
 
 impl Drop for Terminal {

@@ -140,7 +140,9 @@ async fn two_people_chat_through_a_leader_crash() {
     // Alice finds bob and writes.
     tmux.keys("alice", &["C-f"]);
     tmux.type_text("alice", "bob");
-    tmux.wait_for("alice", "bob selected in the search", |s| s.contains("› ● bob"));
+    tmux.wait_for("alice", "bob selected in the search", |s| {
+        s.contains("› ● bob")
+    });
     tmux.keys("alice", &["Enter"]);
     tmux.wait_for("alice", "the conversation", |s| s.contains("To bob"));
     tmux.type_text("alice", "hello bob");

@@ -10,7 +10,11 @@ mod wire;
 mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use baton_proto::v1 as pb;
+use baton_proto::v1::chat_client::ChatClient;
+use tonic::transport::Channel;
 
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 
@@ -105,6 +109,82 @@ impl Client {
     /// Deletes messages for both sides; `Deleted` with the ids actually deleted.
     pub fn delete_messages(&self, ids: Vec<u64>) {
         self.command(Command::DeleteMessages(ids));
+    }
+}
+
+/// Asks one server, again and again, for its ClusterStatus: the API the client's status panel uses, for
+/// tools that watch each server on its own (`baton control`). Keeps one lazily reconnecting channel.
+#[derive(Debug, Clone)]
+pub struct StatusProbe {
+    addr: String,
+    chat: ChatClient<Channel>,
+}
+
+impl StatusProbe {
+    pub fn new(addr: &str) -> Result<StatusProbe, String> {
+        Ok(StatusProbe {
+            addr: addr.to_string(),
+            chat: wire::chat(wire::channel(addr)?),
+        })
+    }
+
+    /// The server's answer, or why there is none, within `limit`.
+    pub async fn status(&mut self, limit: Duration) -> Result<NodeStatus, String> {
+        let call = self.chat.cluster_status(pb::ClusterStatusRequest {});
+        let s = wire::bounded(&self.addr, limit, call)
+            .await
+            .map_err(|e| wire::describe(&e))?;
+        Ok(NodeStatus {
+            node_id: s.node_id,
+            role: wire::role(s.role),
+            leader_id: s.leader_id,
+            leader_address: s.leader_address,
+            epoch: s.epoch,
+            members: s.members.iter().map(wire::member).collect(),
+        })
+    }
+}
+
+/// Creates an account without signing in (for scripts: `baton create-account`). Tries each server in turn
+/// until one leads, and retries while the cluster has no leader yet, for up to `limit`. A name that exists
+/// after an attempt whose answer was lost counts as created by that attempt.
+pub async fn create_account(
+    servers: &[String],
+    username: &str,
+    password: &str,
+    limit: Duration,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut clients = Vec::new();
+    for addr in servers {
+        clients.push((addr.clone(), wire::chat(wire::channel(addr)?)));
+    }
+    let mut maybe_created = false;
+    let mut last = String::from("no servers given");
+    loop {
+        for (addr, chat) in &mut clients {
+            let call = chat.create_account(pb::CreateAccountRequest {
+                username: username.to_string(),
+                password: password.to_string(),
+            });
+            match wire::bounded(addr, Duration::from_secs(3), call).await {
+                Ok(_) => return Ok(()),
+                Err(s) if s.code() == tonic::Code::AlreadyExists && maybe_created => return Ok(()),
+                Err(s) => match s.code() {
+                    tonic::Code::Unavailable | tonic::Code::Unknown => last = wire::describe(&s),
+                    tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                        maybe_created = true;
+                        last = wire::describe(&s);
+                    }
+                    _ => return Err(wire::describe(&s)),
+                },
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("no leader accepted it within {limit:?}: {last}"));
+        }
+        // A retry interval, not a synchronisation: the loop ends on an answer or the deadline.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

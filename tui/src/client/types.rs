@@ -81,6 +81,17 @@ pub struct ClusterView {
     pub last_error: String,
 }
 
+/// One server's own answer to ClusterStatus: its role and epoch, and the members as it sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub node_id: u64,
+    pub role: Role,
+    pub leader_id: u64,
+    pub leader_address: String,
+    pub epoch: u64,
+    pub members: Vec<MemberView>,
+}
+
 /// One leader change seen by this client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failover {
