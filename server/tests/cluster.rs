@@ -428,52 +428,33 @@ async fn joining_with_a_duplicate_id_or_address_is_refused() {
     cluster.wait_in_sync(CONVERGE).await;
     let before = cluster.wait_converged(CONVERGE).await;
 
-    // Another server claiming id 4 from a different address.
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton-server"))
-        .args(["--id", "4", "--listen", "127.0.0.1:0", "--join"])
-        .arg(cluster.addr(1).to_string())
-        .arg("--cluster-secret-file")
-        .arg(cluster.secret_file())
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("node id 4 already belongs"), "{err}");
-
-    // A server with a new id advertising node 4's address.
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton-server"))
-        .args(["--id", "5", "--listen", "127.0.0.1:0", "--advertise"])
-        .arg(cluster.addr(4).to_string())
-        .arg("--join")
-        .arg(cluster.addr(1).to_string())
-        .arg("--cluster-secret-file")
-        .arg(cluster.secret_file())
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("already belongs to member 4"), "{err}");
-
-    // A joiner claiming the id of a configured member.
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton-server"))
-        .args(["--id", "2", "--listen", "127.0.0.1:0", "--join"])
-        .arg(cluster.addr(1).to_string())
-        .arg("--cluster-secret-file")
-        .arg(cluster.secret_file())
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("node id 2 already belongs"), "{err}");
+    // Another server claiming id 4 from a different address; a new id advertising node 4's address; a
+    // joiner claiming the id of a configured member. Each exits with the reason.
+    let via = cluster.addr(1).to_string();
+    let node4 = cluster.addr(4).to_string();
+    let cases: [(&[&str], &str); 3] = [
+        (&["--id", "4"], "node id 4 already belongs"),
+        (
+            &["--id", "5", "--advertise", &node4],
+            "already belongs to member 4",
+        ),
+        (&["--id", "2"], "node id 2 already belongs"),
+    ];
+    for (args, reason) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton-server"))
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--join", &via])
+            .arg("--cluster-secret-file")
+            .arg(cluster.secret_file())
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was let in");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(reason), "{args:?}: {err}");
+    }
 
     let after = cluster.wait_converged(CONVERGE).await;
     assert_eq!(before.sha256, after.sha256);
