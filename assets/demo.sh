@@ -34,11 +34,18 @@ declare -A password=([alice]=alice-demo-password [bob]=bob-demo-password)
 # How long any one step may take (a cold CI machine is slow; a healthy failover takes about a second).
 deadline_s=${DEMO_DEADLINE_S:-30}
 
-# Two builds, as `cargo run --release` (baton alone) and its build of the server do it: one package per
-# build keeps each one's feature set, so neither rebuilds the other's dependencies.
-cargo build --release --quiet -p baton
-cargo build --release --quiet -p baton-server
-bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/baton"
+# DEMO_PROFILE=debug uses the debug binaries (CI has just built them for the tests; a release build
+# there would take minutes more).
+if [ "${DEMO_PROFILE:-release}" = debug ]; then
+    cargo build --quiet --workspace --bins
+    bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/baton"
+else
+    # Two builds, as `cargo run --release` (baton alone) and its build of the server do it: one package
+    # per build keeps each one's feature set, so neither rebuilds the other's dependencies.
+    cargo build --release --quiet -p baton
+    cargo build --release --quiet -p baton-server
+    bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/baton"
+fi
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/baton-demo.XXXXXX")
 sock="baton-demo-$$"
