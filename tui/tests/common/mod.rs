@@ -32,6 +32,12 @@ pub fn server_binary() -> &'static Path {
             None => workspace.join("target"),
         };
         let bin = target.join("debug").join("baton-server");
+        // `cargo test --workspace` has just built it; building the server package alone would compile
+        // shared dependencies with other features (minutes on a cold machine), so build only when the
+        // binary is missing or older than the server's sources.
+        if is_fresh(&bin, &workspace) {
+            return bin;
+        }
         let built = Command::new(env!("CARGO"))
             .args(["build", "--quiet", "-p", "baton-server"])
             .current_dir(&workspace)
@@ -46,6 +52,37 @@ pub fn server_binary() -> &'static Path {
         }
         bin
     })
+}
+
+/// Whether `bin` exists and is newer than every file of the server, the wire API and the migrations.
+fn is_fresh(bin: &Path, workspace: &Path) -> bool {
+    fn newest(dir: &Path) -> Option<std::time::SystemTime> {
+        let mut latest = None;
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            let path = entry.path();
+            let t = if path.is_dir() {
+                newest(&path)
+            } else {
+                entry.metadata().ok()?.modified().ok()
+            };
+            latest = latest.max(t);
+        }
+        latest
+    }
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return false;
+    };
+    ["server", "proto", "migrations", "Cargo.lock"]
+        .iter()
+        .map(|p| workspace.join(p))
+        .all(|p| {
+            let t = if p.is_dir() {
+                newest(&p)
+            } else {
+                std::fs::metadata(&p).and_then(|m| m.modified()).ok()
+            };
+            t.is_none_or(|t| t <= built)
+        })
 }
 
 pub fn free_port() -> u16 {
