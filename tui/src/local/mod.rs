@@ -93,12 +93,16 @@ pub fn server_binary() -> Result<PathBuf, LocalError> {
         {
             let mut build = Command::new(cargo);
             build
-                .args(["build", "--quiet", "-p", "baton-server"])
+                // Not quiet: on a fresh checkout this build takes minutes, and silence looks like a hang.
+                .args(["build", "-p", "baton-server"])
                 .current_dir(&workspace);
             if profile == Some("release") {
                 build.arg("--release");
             }
-            eprintln!("baton: building baton-server for the local cluster…");
+            eprintln!(
+                "baton: building baton-server for the local cluster (a few minutes the first time; \
+                 instant afterwards)…"
+            );
             let ok = build.status().is_ok_and(|s| s.success());
             if !ok {
                 return Err(LocalError::BuildFailed);
