@@ -23,8 +23,12 @@ impl Tmux {
             .output()
             .is_ok_and(|o| o.status.success());
         assert!(ok, "this test needs tmux: apt-get install -y tmux");
+        // One tmux server per test: tests run in parallel in this process, and each kills its own server
+        // when it ends.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Tmux {
-            socket: format!("baton-e2e-{}", std::process::id()),
+            socket: format!("baton-e2e-{}-{n}", std::process::id()),
         }
     }
 
