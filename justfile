@@ -27,3 +27,12 @@ demo:
 # The demo as a test, detached: a message, a leader kill, another message, checked on every pane.
 demo-check:
     assets/demo.sh check
+
+# The load and fault tool, optimised: `just bench throughput --clients 64 --messages 50000`, `just bench
+# failover --kills 50`, `just bench chaos --duration 300`, `just bench join` (see BENCHMARKS.md).
+bench *ARGS:
+    cargo run --release -p baton --bin baton-bench -- {{ARGS}}
+
+# The 60-second chaos run CI does: kills, restarts and partitions under load, then every replica checked.
+chaos-check:
+    cargo run -p baton --bin baton-bench -- chaos --duration 60 --seed 1

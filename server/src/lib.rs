@@ -30,7 +30,6 @@ use baton_proto::v1::chat_server::ChatServer;
 use baton_proto::v1::replication_server::ReplicationServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -244,7 +243,11 @@ pub async fn run(
     tonic::transport::Server::builder()
         .add_service(chat)
         .add_service(peer_api)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        // Without TCP_NODELAY a small answer can wait for the peer's delayed ACK (~40 ms on Linux).
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            signal,
+        )
         .await
         .map_err(|e| Error::internal(format!("gRPC server: {e}")))?;
 

@@ -5,16 +5,16 @@
 //! `baton create-account` creates an account for scripts.
 
 mod app;
-mod client;
 mod composer;
 mod config;
 mod control;
-mod local;
 mod sanitize;
 mod terminal;
 mod timefmt;
 mod ui;
 mod wrap;
+
+use baton::{client, local};
 
 use std::path::PathBuf;
 use std::time::Duration;

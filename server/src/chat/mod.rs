@@ -122,12 +122,7 @@ pub fn send_message(
     require_session(ctx, caller)?;
     let to = peer_by_name(ctx.conn(), recipient)?;
     if !client_message_id.is_empty() {
-        let earlier: Option<Message> = messages::table
-            .filter(messages::sender_id.eq(caller.user_id))
-            .filter(messages::client_message_id.eq(client_message_id))
-            .select(Message::as_select())
-            .first(ctx.conn())
-            .optional()?;
+        let earlier = queries::message_by_client_id(ctx.conn(), caller.user_id, client_message_id)?;
         if let Some(m) = earlier {
             if m.recipient_id != to.id || m.body != body {
                 return Err(Error::AlreadyExists(format!(

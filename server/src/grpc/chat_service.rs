@@ -55,12 +55,6 @@ impl ChatService {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::internal(format!("blocking task: {e}")))?
-}
-
 /// A peer name given in a request: required, and no longer than a username can be.
 fn check_peer_name(field: &str, name: &str) -> Result<()> {
     if name.is_empty() {
@@ -99,7 +93,7 @@ impl Chat for ChatService {
         let pb::CreateAccountRequest { username, password } = req.into_inner();
         limits::check_username(&username).map_err(Error::InvalidArgument)?;
         limits::check_password(&password).map_err(Error::InvalidArgument)?;
-        let hash = blocking(move || auth::hash_password(&password)).await?;
+        let hash = auth::hash_password_limited(password).await?;
         let name = username.clone();
         let user = self
             .node
@@ -132,7 +126,7 @@ impl Chat for ChatService {
             .await?
             .ok_or_else(|| Error::not_found(format!("no account named {username:?}")))?;
         let stored = user.password_hash.clone();
-        if !blocking(move || auth::verify_password(&password, &stored)).await? {
+        if !auth::verify_password_limited(password, stored).await? {
             return Err(Error::unauthenticated("wrong password").into());
         }
         let (token, token_hash) = auth::new_token()?;
@@ -388,7 +382,7 @@ impl Chat for ChatService {
             .await?
             .ok_or_else(|| Error::unauthenticated("the account no longer exists"))?;
         let stored = user.password_hash.clone();
-        if !blocking(move || auth::verify_password(&password, &stored)).await? {
+        if !auth::verify_password_limited(password, stored).await? {
             return Err(Error::unauthenticated("wrong password").into());
         }
         let deleted_messages = self

@@ -98,6 +98,7 @@ pub async fn register(node: &Arc<Node>, leader_id: u64, epoch: u64, address: &st
     let mut st = rep.state();
     st.registered_epoch = epoch;
     st.last_leader_contact = Instant::now();
+    st.leader_refused = false;
     tracing::info!(
         leader = leader_id,
         epoch,
@@ -277,6 +278,7 @@ async fn admit(node: &Arc<Node>, batch: &pb::UpdateBatch, first: bool) -> Result
                 && st.registered_epoch == batch.epoch
             {
                 st.last_leader_contact = Instant::now();
+                st.leader_refused = false;
                 return Ok(());
             }
         }

@@ -111,6 +111,9 @@ pub struct State {
     pub registered_epoch: u64,
     pub registering: bool,
     pub last_leader_contact: Instant,
+    /// Follower: the leader's port refused a connection. Nothing listens there, so its process is gone and
+    /// waiting out the election timeout would only prolong the outage.
+    pub leader_refused: bool,
     /// The last registration failure, so a repeat is logged quietly.
     pub last_registration_error: Option<String>,
     /// Peers learned from other nodes' answers (members not in this node's configuration).
@@ -172,6 +175,7 @@ impl Replication {
                 registered_epoch: 0,
                 registering: false,
                 last_leader_contact: Instant::now(),
+                leader_refused: false,
                 discovered: BTreeMap::new(),
                 last_registration_error: None,
                 followers: BTreeMap::new(),
@@ -390,7 +394,10 @@ impl Replication {
         let st = self.state();
         let alive = match st.role {
             Role::Leader => true,
-            Role::Follower => st.last_leader_contact.elapsed() < self.settings.election_timeout,
+            Role::Follower => {
+                !st.leader_refused
+                    && st.last_leader_contact.elapsed() < self.settings.election_timeout
+            }
             Role::Candidate => false,
         };
         engine::View {

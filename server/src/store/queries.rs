@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
+use diesel::sqlite::Sqlite;
 
 use super::models::{DeletedMessage, DeletionView, Message, MessageView, User};
 use super::schema::{deleted_messages, messages, users};
@@ -65,6 +66,30 @@ pub fn unread_count(conn: &mut SqliteConnection, user_id: i64, peer: Option<i64>
         q = q.filter(messages::sender_id.eq(peer));
     }
     Ok(q.count().get_result::<i64>(conn)? as u64)
+}
+
+/// The message `sender_id` sent earlier with this idempotency key, if any. The literal `<> ''` term lets
+/// SQLite use the partial unique index `messages_idempotency`; without it the planner cannot prove the
+/// bound key non-empty and walks every message of the sender instead (a send got slower with each one).
+pub fn message_by_client_id(
+    conn: &mut SqliteConnection,
+    sender_id: i64,
+    client_message_id: &str,
+) -> Result<Option<Message>> {
+    Ok(by_client_id(sender_id, client_message_id)
+        .select(Message::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+fn by_client_id(sender_id: i64, client_message_id: &str) -> messages::BoxedQuery<'_, Sqlite> {
+    messages::table
+        .filter(messages::sender_id.eq(sender_id))
+        .filter(messages::client_message_id.eq(client_message_id))
+        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "client_message_id <> ''",
+        ))
+        .into_boxed()
 }
 
 /// The oldest unread messages to `user_id` (optionally only from `peer`).
@@ -297,4 +322,58 @@ pub fn log_first_seq(conn: &mut SqliteConnection) -> Result<Option<i64>> {
     Ok(update_log::table
         .select(diesel::dsl::min(update_log::seq))
         .first(conn)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::connection::SimpleConnection;
+    use diesel_migrations::MigrationHarness;
+
+    use super::*;
+
+    #[derive(QueryableByName)]
+    struct PlanRow {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        detail: String,
+    }
+
+    /// The idempotency lookup runs on every send: it must be an index search, not a walk over the
+    /// sender's messages.
+    #[test]
+    fn the_idempotency_lookup_uses_the_partial_unique_index() {
+        let mut conn = SqliteConnection::establish(":memory:").expect("in-memory database");
+        conn.run_pending_migrations(crate::store::MIGRATIONS)
+            .expect("migrations");
+        conn.batch_execute(
+            "INSERT INTO users (id, username, password_hash, created_at_ms) VALUES (1, 'a', 'h', 0), (2, 'b', 'h', 0);
+             INSERT INTO messages (id, sender_id, recipient_id, body, sent_at_ms, client_message_id)
+             VALUES (1, 1, 2, 'x', 0, 'k1'), (2, 1, 2, 'y', 0, '');",
+        )
+        .expect("rows");
+        let q = by_client_id(1, "k1").select(messages::id);
+        let sql = diesel::debug_query::<Sqlite, _>(&q).to_string();
+        let sql = sql.split(" -- binds").next().expect("the statement");
+        let plan: Vec<PlanRow> = diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}"))
+            .bind::<BigInt, _>(1)
+            .bind::<diesel::sql_types::Text, _>("k1")
+            .load(&mut conn)
+            .expect("a plan");
+        let plan: Vec<&str> = plan.iter().map(|r| r.detail.as_str()).collect();
+        assert!(
+            plan.iter().any(|d| d.contains("messages_idempotency")),
+            "{plan:?}"
+        );
+        let found = message_by_client_id(&mut conn, 1, "k1").expect("query");
+        assert_eq!(found.map(|m| m.id), Some(1));
+        assert!(
+            message_by_client_id(&mut conn, 1, "")
+                .expect("query")
+                .is_none()
+        );
+        assert!(
+            message_by_client_id(&mut conn, 2, "k1")
+                .expect("query")
+                .is_none()
+        );
+    }
 }

@@ -4,9 +4,9 @@
 //! [`ClientEvent`] on the receiver returned by [`Client::start`].
 
 mod outbox;
-mod policy;
+pub mod policy;
 pub mod types;
-mod wire;
+pub mod wire;
 mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -5,7 +5,7 @@
 //! process started stop with it: on `stop` (SIGTERM, then SIGKILL), on drop (also while unwinding from a
 //! panic), and, on Linux, by the kernel if `baton` dies any other way (see [`sys::die_with_parent`]).
 
-mod sys;
+pub mod sys;
 
 use std::fs::OpenOptions;
 use std::io::Write;
