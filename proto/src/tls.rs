@@ -181,8 +181,8 @@ pub fn explain(status: &tonic::Status, tls: bool) -> String {
     }
 }
 
-/// What to do about a TLS failure, recognised by rustls' words for it.
-fn tls_hint(text: &str, tls: bool) -> Option<&'static str> {
+/// What to do about a TLS failure, recognised by rustls' words for it (None: not a TLS failure).
+pub fn tls_hint(text: &str, tls: bool) -> Option<&'static str> {
     if text.contains("UnknownIssuer") || text.contains("BadSignature") {
         Some("the server's certificate is not signed by the CA given with --tls-ca")
     } else if text.contains("NotValidForName") || text.contains("not valid for name") {

@@ -531,6 +531,28 @@ mod tests {
     }
 
     #[test]
+    fn every_key_of_the_example_file_exists() {
+        let example = include_str!("../../assets/server.example.toml");
+        // Commented-out settings (`# key = value`) switched on, prose comments left alone.
+        let all: String = example
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.split_once(" = ").is_some_and(|(k, _)| {
+                        k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let file: FileConfig = toml::from_str(&all).unwrap();
+        assert!(file.tls_cert.is_some() && file.peer_mtls.is_some());
+    }
+
+    #[test]
     fn tls_settings_that_cannot_work_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
