@@ -162,16 +162,23 @@ pub fn explain(status: &tonic::Status, tls: bool) -> String {
         .to_string();
     if let Some(source) = std::error::Error::source(status) {
         let cause = error_chain(source);
-        if cause.contains(&text) {
-            text = cause;
+        text = if cause.contains(&text) {
+            cause
         } else if !text.contains(&cause) {
-            text = format!("{text}: {cause}");
+            format!("{text}: {cause}")
+        } else {
+            text
+        };
+    }
+    // tonic's wrappers repeat themselves ("http2 error: transport error: http2 error: ..."): each part
+    // once, and "transport error" says nothing a person needs.
+    let mut parts: Vec<&str> = Vec::new();
+    for part in text.split(": ") {
+        if part != "transport error" && !parts.contains(&part) {
+            parts.push(part);
         }
     }
-    // tonic's wrapper says nothing a person needs.
-    while let Some(rest) = text.strip_prefix("transport error: ") {
-        text = rest.to_string();
-    }
+    let mut text = parts.join(": ");
     if text.is_empty() {
         text = format!("{:?}", status.code());
     }
@@ -286,6 +293,13 @@ mod tests {
         assert!(explain(&s, true).contains("serves plain text"));
         let s = tonic::Status::cancelled("operation was canceled: connection closed");
         assert!(explain(&s, false).contains("pass --tls-ca"));
+        let s = tonic::Status::internal(
+            "h2 protocol error: http2 error: transport error: http2 error: frame with invalid size",
+        );
+        assert_eq!(
+            explain(&s, false),
+            "h2 protocol error: http2 error: frame with invalid size (if the server serves TLS, pass --tls-ca)"
+        );
         assert_eq!(explain(&tonic::Status::unavailable("a\nb"), false), "a");
         assert_eq!(
             explain(&tonic::Status::unavailable(""), false),
