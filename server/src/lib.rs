@@ -150,8 +150,12 @@ impl Node {
     }
 }
 
+/// How long a shutdown waits for calls still in flight once subscriptions have ended.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves on `listener` until `shutdown` resolves, then stops taking requests, lets the ones in flight
-/// finish, ends subscriptions, and waits for the writer to commit everything it was given.
+/// finish (for up to `DRAIN_LIMIT`), ends subscriptions, and waits for the writer to commit everything it
+/// was given.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -279,17 +283,28 @@ pub async fn run(
     if config.print_address {
         println!("listening on {address}");
     }
-    server
+    let server = server
         .add_service(chat)
         .add_service(peer_api)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
-        .await
-        .map_err(|e| Error::internal(format!("gRPC server: {e}")))?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    // A client may hold a stream open as long as it likes (a reflection stream, say): the drain is bounded.
+    let mut stopping = node.shutdown.clone();
+    let drain_limit = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(DRAIN_LIMIT).await;
+    };
+    tokio::select! {
+        served = server => served.map_err(|e| Error::internal(format!("gRPC server: {e}")))?,
+        _ = drain_limit => tracing::warn!(
+            limit_ms = DRAIN_LIMIT.as_millis() as u64,
+            "calls still open after the shutdown grace period; closing their connections"
+        ),
+    }
 
-    // Every handler has finished: commit what was accepted and stop the writer.
+    // Every handler has finished (or was given up on): commit what was accepted and stop the writer.
     node.writer.stop().await;
     drop(node);
     tokio::task::spawn_blocking(move || writer_thread.join())

@@ -468,3 +468,76 @@ async fn a_plain_server_says_it_is_not_encrypted_and_tls_clients_are_told() {
         server.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_health_watch_streams_and_the_server_stops() {
+    let mut server = Server::start().await;
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut stream = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: "baton.v1.Chat".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        next_status(&mut stream).await,
+        ServingStatus::Serving as i32
+    );
+    let started = Instant::now();
+    let exit = server.terminate().await;
+    assert!(exit.success(), "{exit}");
+    eprintln!(
+        "stopped {:?} after SIGTERM with a Watch stream open",
+        started.elapsed()
+    );
+    // The watcher heard that the node stopped serving, then the end of the stream.
+    let mut rest = Vec::new();
+    while let Ok(Ok(Some(r))) = tokio::time::timeout(ELECT, stream.message()).await {
+        rest.push(r.status);
+    }
+    assert_eq!(rest, [ServingStatus::NotServing as i32]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reflection_stream_left_open_delays_sigterm_only_by_the_drain_limit() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    let mut server = Server::start().await;
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // The request stream stays open until the end of the test.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    })
+    .await
+    .unwrap();
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    answers.message().await.unwrap().expect("an answer");
+    let started = Instant::now();
+    let exit = server.terminate().await;
+    let took = started.elapsed();
+    assert!(exit.success(), "{exit}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert!(
+        server
+            .log()
+            .contains("calls still open after the shutdown grace period")
+    );
+    eprintln!("stopped {took:?} after SIGTERM with a reflection stream open");
+    drop(tx);
+}

@@ -1,6 +1,7 @@
 //! The standard `grpc.health.v1.Health` service: `baton.v1.Chat` is SERVING on the leader and NOT_SERVING
 //! elsewhere (followers and candidates refuse client calls), following every role change; the server as a
-//! whole ("") and `baton.v1.Replication` are SERVING while the process serves.
+//! whole ("") and `baton.v1.Replication` are SERVING while the process serves. On shutdown every status
+//! turns NOT_SERVING and the Watch streams end.
 
 use baton_proto::v1::chat_server::ChatServer;
 use baton_proto::v1::replication_server::ReplicationServer;
@@ -19,7 +20,7 @@ pub const REPLICATION: &str = <ReplicationServer<ReplicationService> as NamedSer
 /// Sets the statuses for the current role (before the server serves, so no check finds the name unknown),
 /// then spawns a task that follows `leading` until shutdown.
 pub async fn follow_role(
-    reporter: HealthReporter,
+    mut reporter: HealthReporter,
     mut leading: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -47,13 +48,15 @@ pub async fn follow_role(
                 _ = shutdown.wait_for(|s| *s) => true,
             };
             if stopping {
-                // Whoever checks while the server drains is told to go elsewhere.
-                reporter
-                    .set_service_status(CHAT, ServingStatus::NotServing)
-                    .await;
-                reporter
-                    .set_service_status("", ServingStatus::NotServing)
-                    .await;
+                // Watchers hear that the node stops serving, then their streams end: dropping a
+                // status's sender ends its Watch streams, which would otherwise hold the graceful
+                // shutdown open for as long as their clients keep them.
+                for name in [CHAT, REPLICATION, ""] {
+                    reporter
+                        .set_service_status(name, ServingStatus::NotServing)
+                        .await;
+                    reporter.clear_service_status(name).await;
+                }
                 return;
             }
             let leads = *leading.borrow_and_update();
