@@ -20,6 +20,10 @@ server:
 cluster:
     assets/cluster.sh
 
+# The same three servers serving TLS, with certificates made in ./data/cluster/tls.
+cluster-tls:
+    CLUSTER_TLS=1 assets/cluster.sh
+
 # The live failover demo in tmux: alice, bob and the cluster control pane (leaving tmux stops it all).
 demo:
     assets/demo.sh
@@ -27,6 +31,14 @@ demo:
 # The demo as a test, detached: a message, a leader kill, another message, checked on every pane.
 demo-check:
     assets/demo.sh check
+
+# The demo encrypted: certificates made in its data dir, servers on TLS, clients verifying with --tls-ca.
+demo-tls:
+    DEMO_TLS=1 assets/demo.sh
+
+# The encrypted demo as a test (also checks that a plain-text client is refused).
+demo-tls-check:
+    DEMO_TLS=1 assets/demo.sh check
 
 # The load and fault tool, optimised: `just bench throughput --clients 64 --messages 50000`, `just bench
 # failover --kills 50`, `just bench chaos --duration 300`, `just bench join` (see BENCHMARKS.md).

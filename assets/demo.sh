@@ -11,7 +11,10 @@
 #                           rejoin as a follower. Cleans up even when it fails. With DEMO_CAPTURE=FILE it
 #                           writes the three panes after the failover to FILE.
 #
-# BATON_DEMO_PORT (default 7401) is the first of the three loopback ports.
+# BATON_DEMO_PORT (default 7401) is the first of the three loopback ports. With DEMO_TLS=1 (`just demo-tls`,
+# `just demo-tls-check`) everything is encrypted: the control pane has `baton-server certs` make a CA and
+# node certificates in the demo's data directory, the servers serve TLS and verify each other, and the
+# clients verify the servers with --tls-ca; the check also makes sure a plain-text client is refused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +32,11 @@ if ! command -v tmux >/dev/null 2>&1; then
 fi
 
 port=${BATON_DEMO_PORT:-7401}
+tls=${DEMO_TLS:-0}
+[[ $tls == 0 || $tls == 1 ]] || {
+    echo "DEMO_TLS must be 0 or 1" >&2
+    exit 2
+}
 servers=(--server "127.0.0.1:$port" --server "127.0.0.1:$((port + 1))" --server "127.0.0.1:$((port + 2))")
 declare -A password=([alice]=alice-demo-password [bob]=bob-demo-password)
 # How long any one step may take (a cold CI machine is slow; a healthy failover takes about a second).
@@ -122,15 +130,23 @@ else
     ((cols >= 100)) || cols=100
     ((lines >= 36)) || lines=36
 fi
-tm new-session -d -s demo -n baton -x "$cols" -y "$lines" \
-    "$bin" control --local-data-dir "$dir/cluster" --local-port-base "$port"
+control_args=(--local-data-dir "$dir/cluster" --local-port-base "$port")
+((tls)) && control_args+=(--local-tls)
+tm new-session -d -s demo -n baton -x "$cols" -y "$lines" "$bin" control "${control_args[@]}"
 tm set-option -g remain-on-exit on
 tm set-option -g mouse on
 pane[control]=$(tm display-message -p -t demo '#{pane_id}')
 wait_for control "a leader" 'Leader: node [0-9]'
 
+# The clients trust the CA the control pane made for its servers (in its data directory).
+client_tls=()
+if ((tls)); then
+    client_tls=(--tls-ca "$dir/cluster/tls/ca.pem")
+    [[ -f $dir/cluster/tls/ca.pem ]] || fail "no CA in $dir/cluster/tls"
+fi
+
 for who in alice bob; do
-    "$bin" create-account "${servers[@]}" --user "$who" --password "${password[$who]}" >/dev/null ||
+    "$bin" create-account "${servers[@]}" "${client_tls[@]}" --user "$who" --password "${password[$who]}" >/dev/null ||
         fail "could not create $who"
 done
 
@@ -138,8 +154,10 @@ client() {
     local who=$1
     mkdir -p "$dir/$who"
     # Each client has its own config and log directories, so a personal config file plays no part.
-    printf 'env XDG_CONFIG_HOME=%q XDG_CACHE_HOME=%q %q %s --user %q' \
-        "$dir/$who/config" "$dir/$who/cache" "$bin" "${servers[*]}" "$who"
+    local tls_flags=""
+    ((${#client_tls[@]} == 0)) || tls_flags=$(printf ' %q' "${client_tls[@]}")
+    printf 'env XDG_CONFIG_HOME=%q XDG_CACHE_HOME=%q %q %s%s --user %q' \
+        "$dir/$who/config" "$dir/$who/cache" "$bin" "${servers[*]}" "$tls_flags" "$who"
 }
 pane[alice]=$(tm split-window -v -b -l 62% -t "${pane[control]}" -P -F '#{pane_id}' "$(client alice)")
 pane[bob]=$(tm split-window -h -t "${pane[alice]}" -P -F '#{pane_id}' "$(client bob)")
@@ -166,8 +184,14 @@ if [[ $mode == demo ]]; then
     tm select-pane -t "${pane[alice]}"
     # From now on a pane that is left closes, and the session ends with the last one.
     tm set-option -g remain-on-exit off
+    if ((tls)); then
+        encryption="TLS: CA and certificates in $dir/cluster/tls, clients verify with --tls-ca"
+    else
+        encryption="plain text (loopback only; \`just demo-tls\` for TLS)"
+    fi
     cat <<EOF
 Baton demo: three servers on 127.0.0.1:$port-$((port + 2)), data in $dir (deleted afterwards).
+  Encryption: $encryption.
   alice's password: ${password[alice]}    bob's password: ${password[bob]}
   Top: alice (left) and bob (right), each in the conversation with the other: type and press Enter.
   Bottom: the control pane: k kills the leader, 1-3 kill a node, r then 1-3 restarts it, q quits.
@@ -180,6 +204,17 @@ EOF
 fi
 
 # ---- check ----
+if ((tls)); then
+    # Encrypted for real: every server says so, and a client without the CA is refused with a reason.
+    for i in 1 2 3; do
+        grep -q "serving TLS" "$dir/cluster/node$i.log" || fail "node $i does not serve TLS"
+    done
+    if out=$("$bin" create-account "${servers[@]}" --user mallory --password mallory-password 2>&1); then
+        fail "a plain-text client was served by the TLS cluster"
+    fi
+    grep -q -- "--tls-ca" <<<"$out" || fail "the plain-text client's error does not say to pass --tls-ca: $out"
+    echo "demo-check: every server serves TLS; a plain-text client was refused: $out"
+fi
 # A literal text as an extended regex.
 re() { printf '%s' "$1" | sed -e 's/[][\\.^$*+?(){}|/]/\\&/g'; }
 count() { screen "$1" | grep -oF -- "$2" | wc -l | tr -d " "; }
@@ -231,4 +266,4 @@ fi
 tm send-keys -t "${pane[control]}" r "$old"
 wait_for control "the old leader rejoining" "node $old restarted, following $new"
 
-echo "demo-check: bob saw both messages exactly once; every pane names leader $new; node $old rejoined as a follower"
+echo "demo-check: bob saw both messages exactly once; every pane names leader $new; node $old rejoined as a follower$( ((tls)) && echo " (all over TLS)")"

@@ -1,11 +1,17 @@
-//! Baton's wire API: the generated gRPC code (`v1`), the product's limits and the wire constants, each named
-//! once here so the server, the client and the tests agree.
+//! Baton's wire API: the generated gRPC code (`v1`) and its descriptor set, the product's limits, the wire
+//! constants and the channel construction (`tls`), each named once here so the server, the client and the
+//! tests agree.
 
 pub mod v1 {
     tonic::include_proto!("baton.v1");
 }
 
 pub mod limits;
+pub mod tls;
+
+/// The encoded `FileDescriptorSet` of `baton.proto` and `replication.proto`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/baton_descriptor.bin"));
 
 /// Metadata key carrying the session token, as `Bearer <token>`.
 pub const AUTHORIZATION: &str = "authorization";

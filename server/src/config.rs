@@ -60,6 +60,21 @@ pub struct Flags {
     /// How many recent updates the log keeps for catching followers up; further behind gets a snapshot.
     #[arg(long)]
     pub log_retention: Option<u64>,
+    /// PEM certificate this server presents: with --tls-key it serves TLS on its port (without, plain
+    /// text, for loopback demos only).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate that peers' certificates are verified against (every TLS cluster member needs
+    /// it; `baton-server certs` makes one).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Peer RPCs must also come with a client certificate signed by --tls-ca (mutual TLS), besides the
+    /// cluster secret; clients need none.
+    #[arg(long)]
+    pub peer_mtls: bool,
 }
 
 /// `HOST:PORT` with a non-empty host and a numeric port.
@@ -112,6 +127,10 @@ pub struct FileConfig {
     pub heartbeat_ms: Option<u64>,
     pub election_timeout_ms: Option<u64>,
     pub log_retention: Option<u64>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub peer_mtls: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +161,8 @@ pub struct Config {
     pub advertise: Option<String>,
     /// None: a single server, its own leader.
     pub cluster: Option<ClusterConfig>,
+    /// None: plain text.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 /// Environment variable holding the cluster secret (instead of a file).
@@ -172,6 +193,8 @@ pub enum ConfigError {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsConfigError),
 }
 
 impl Config {
@@ -229,6 +252,13 @@ impl Config {
                     .unwrap_or(500),
             })
         };
+        let tls = crate::tls::TlsPaths {
+            cert: flags.tls_cert.or(file.tls_cert),
+            key: flags.tls_key.or(file.tls_key),
+            ca: flags.tls_ca.or(file.tls_ca),
+            peer_mtls: flags.peer_mtls || file.peer_mtls.unwrap_or(false),
+        }
+        .load(cluster.is_some())?;
         let config = Config {
             id,
             listen: flags
@@ -251,6 +281,7 @@ impl Config {
                 .unwrap_or(DEFAULT_LOG_RETENTION),
             advertise: flags.advertise.or(file.advertise),
             cluster,
+            tls,
         };
         config.validate()?;
         Ok(config)
@@ -497,5 +528,147 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("--id"), "{err}");
+    }
+
+    #[test]
+    fn every_key_of_the_example_file_exists() {
+        let example = include_str!("../../assets/server.example.toml");
+        // Commented-out settings (`# key = value`) switched on, prose comments left alone.
+        let all: String = example
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.split_once(" = ").is_some_and(|(k, _)| {
+                        k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let file: FileConfig = toml::from_str(&all).unwrap();
+        assert!(file.tls_cert.is_some() && file.peer_mtls.is_some());
+    }
+
+    #[test]
+    fn tls_settings_that_cannot_work_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        crate::certs::generate(&crate::certs::CertsArgs {
+            out: p.join("tls"),
+            nodes: 2,
+            hosts: vec!["127.0.0.1".into()],
+            force: false,
+        })
+        .unwrap();
+        let f = |name: &str| Some(p.join("tls").join(name));
+        std::fs::write(p.join("junk.pem"), "not pem at all\n").unwrap();
+        let tls = |cert, key, ca, peer_mtls| Flags {
+            tls_cert: cert,
+            tls_key: key,
+            tls_ca: ca,
+            peer_mtls,
+            ..cluster_flags(p, "1=127.0.0.1:1,2=127.0.0.1:2")
+        };
+        let ok =
+            Config::load(tls(f("node-1.pem"), f("node-1-key.pem"), f("ca.pem"), true)).unwrap();
+        assert!(ok.tls.is_some_and(|t| t.peer_mtls));
+        let single = Config::load(Flags {
+            tls_cert: f("node-1.pem"),
+            tls_key: f("node-1-key.pem"),
+            data_dir: Some(p.into()),
+            ..Flags::default()
+        });
+        assert!(
+            single.is_ok_and(|c| c.tls.is_some()),
+            "a single server needs no CA"
+        );
+        assert!(Config::load(cluster_flags(p, "1=127.0.0.1:1")).is_ok_and(|c| c.tls.is_none()));
+        let cases = [
+            (
+                tls(f("node-1.pem"), None, f("ca.pem"), false),
+                "--tls-cert needs --tls-key",
+            ),
+            (
+                tls(None, f("node-1-key.pem"), f("ca.pem"), false),
+                "--tls-key needs --tls-cert",
+            ),
+            (
+                tls(None, None, f("ca.pem"), false),
+                "--tls-ca needs --tls-cert",
+            ),
+            (tls(None, None, None, true), "--peer-mtls needs"),
+            (
+                tls(f("node-1.pem"), f("node-1-key.pem"), None, true),
+                "--peer-mtls needs --tls-ca",
+            ),
+            (
+                tls(f("node-1.pem"), f("node-1-key.pem"), None, false),
+                "needs --tls-ca",
+            ),
+            (
+                tls(f("missing.pem"), f("node-1-key.pem"), f("ca.pem"), false),
+                "cannot read --tls-cert",
+            ),
+            (
+                tls(
+                    Some(p.join("junk.pem")),
+                    f("node-1-key.pem"),
+                    f("ca.pem"),
+                    false,
+                ),
+                "--tls-cert",
+            ),
+            (
+                tls(
+                    f("node-1.pem"),
+                    Some(p.join("junk.pem")),
+                    f("ca.pem"),
+                    false,
+                ),
+                "no PEM private key",
+            ),
+            (
+                tls(f("node-1.pem"), f("node-1.pem"), f("ca.pem"), false),
+                "--tls-key",
+            ),
+            (
+                tls(
+                    f("node-1.pem"),
+                    f("node-1-key.pem"),
+                    Some(p.join("junk.pem")),
+                    false,
+                ),
+                "--tls-ca",
+            ),
+            (
+                tls(f("node-1.pem"), f("node-2-key.pem"), f("ca.pem"), false),
+                "cannot serve TLS",
+            ),
+        ];
+        for (flags, want) in cases {
+            let err = Config::load(flags).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+        }
+        // The same keys in the config file.
+        let file = p.join("server.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "tls_cert = {:?}\ntls_key = {:?}\ntls_ca = {:?}\npeer_mtls = true\n",
+                p.join("tls/node-2.pem"),
+                p.join("tls/node-2-key.pem"),
+                p.join("tls/ca.pem")
+            ),
+        )
+        .unwrap();
+        let c = Config::load(Flags {
+            config: Some(file),
+            ..cluster_flags(p, "1=127.0.0.1:1,2=127.0.0.1:2")
+        })
+        .unwrap();
+        assert!(c.tls.is_some_and(|t| t.peer_mtls));
     }
 }

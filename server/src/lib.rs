@@ -2,6 +2,8 @@
 //!
 //! Layout:
 //! - `config`: one `Config` from defaults, a TOML file and flags.
+//! - `tls`: the node's certificate, key and cluster CA, checked at start-up; `certs`: the `certs`
+//!   subcommand, a CA and node certificates for a test cluster.
 //! - `error`: the error type and its mapping to gRPC status codes.
 //! - `store`: SQLite through Diesel: schema, rows, queries, `apply` (the replicated update log) and the
 //!   single writer thread with group commit.
@@ -10,8 +12,10 @@
 //! - `live`: in-memory state kept in step after each commit: sessions, presence, notifications.
 //! - `replication`: leader/follower replication, heartbeats and the lowest-ID election (pure rules in
 //!   `replication::engine`).
-//! - `grpc`: the `Chat` and `Replication` services, subscriptions and the wire conversions.
+//! - `grpc`: the `Chat` and `Replication` services, health checking, subscriptions and the wire
+//!   conversions. Server reflection (both protos) is served beside them on the same port.
 
+pub mod certs;
 pub mod chat;
 pub mod config;
 pub mod error;
@@ -19,6 +23,7 @@ pub mod grpc;
 pub mod live;
 pub mod replication;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -144,8 +149,12 @@ impl Node {
     }
 }
 
+/// How long a shutdown waits for calls still in flight once subscriptions have ended.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves on `listener` until `shutdown` resolves, then stops taking requests, lets the ones in flight
-/// finish, ends subscriptions, and waits for the writer to commit everything it was given.
+/// finish (for up to `DRAIN_LIMIT`), ends subscriptions, and waits for the writer to commit everything it
+/// was given.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -177,7 +186,8 @@ pub async fn run(
         .advertise
         .clone()
         .unwrap_or_else(|| address.to_string());
-    let settings = replication::Settings::from_config(config.cluster.as_ref());
+    let mut settings = replication::Settings::from_config(config.cluster.as_ref());
+    settings.peer_mtls = config.tls.as_ref().is_some_and(|t| t.peer_mtls);
     let clustered = settings.is_cluster();
     let replication = Replication::new(
         config.id,
@@ -206,7 +216,7 @@ pub async fn run(
         data_dir: config.data_dir.clone(),
         db_path: path.clone(),
         replication,
-        peers: Peers::default(),
+        peers: Peers::new(config.tls.as_ref().and_then(|t| t.peer_client())),
         writer,
         readers,
         live,
@@ -237,21 +247,67 @@ pub async fn run(
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
     };
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    grpc::health::follow_role(
+        health_reporter,
+        node.replication.leading.subscribe(),
+        node.shutdown.clone(),
+    )
+    .await;
+    // Reflection, so that grpcurl and the like work against a node out of the box; v1alpha as well for
+    // older clients (grpcurl before 1.9 and many GUIs ask only for it).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_err =
+        |e: tonic_reflection::server::Error| Error::internal(format!("reflection service: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_err)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_err)?;
+
+    let mut server = tonic::transport::Server::builder();
+    match &config.tls {
+        Some(tls) => {
+            server = server.tls_config(tls.server_config()).map_err(|e| {
+                Error::internal(format!("TLS: {}", baton_proto::tls::error_chain(&e)))
+            })?;
+            tracing::info!(%address, peer_mtls = tls.peer_mtls, "serving TLS");
+        }
+        None => tracing::warn!(
+            %address,
+            "serving plain text (no --tls-cert): traffic is not encrypted; use it on loopback only"
+        ),
+    }
     if config.print_address {
         println!("listening on {address}");
     }
-    tonic::transport::Server::builder()
+    let server = server
         .add_service(chat)
         .add_service(peer_api)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         // Without TCP_NODELAY a small answer can wait for the peer's delayed ACK (~40 ms on Linux).
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             signal,
-        )
-        .await
-        .map_err(|e| Error::internal(format!("gRPC server: {e}")))?;
+        );
+    // A client may hold a stream open as long as it likes (a reflection stream, say): the drain is bounded.
+    let mut stopping = node.shutdown.clone();
+    let drain_limit = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(DRAIN_LIMIT).await;
+    };
+    tokio::select! {
+        served = server => served.map_err(|e| Error::internal(format!("gRPC server: {e}")))?,
+        _ = drain_limit => tracing::warn!(
+            limit_ms = DRAIN_LIMIT.as_millis() as u64,
+            "calls still open after the shutdown grace period; closing their connections"
+        ),
+    }
 
-    // Every handler has finished: commit what was accepted and stop the writer.
+    // Every handler has finished (or was given up on): commit what was accepted and stop the writer.
     node.writer.stop().await;
     drop(node);
     tokio::task::spawn_blocking(move || writer_thread.join())

@@ -1,10 +1,33 @@
-//! `baton-server`: parses flags, sets up logging, and runs the server until SIGINT or SIGTERM.
+//! `baton-server`: parses flags, sets up logging, and runs the server until SIGINT or SIGTERM; or, with
+//! `baton-server certs`, writes a CA and node certificates for a test cluster and exits.
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use baton_server::certs::{self, CertsArgs};
 use baton_server::config::{Config, Flags};
+
+/// The server's flags, or a subcommand (the flags alone run the server, as they always have).
+#[derive(Debug, Parser)]
+#[command(name = "baton-server", version, about = "Baton chat server")]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    #[command(flatten)]
+    flags: Flags,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Writes a CA and one certificate per node for a test cluster, then exits.
+    ///
+    /// Files: ca.pem, ca-key.pem, node-N.pem, node-N-key.pem. Node N serves with --tls-cert node-N.pem
+    /// --tls-key node-N-key.pem --tls-ca ca.pem; clients take --tls-ca ca.pem. Keep ca-key.pem away from
+    /// the servers: it signs new certificates.
+    Certs(CertsArgs),
+}
 
 fn main() {
     return_big_blocks_to_the_system();
@@ -28,7 +51,15 @@ fn return_big_blocks_to_the_system() {
 }
 
 fn run() -> anyhow::Result<()> {
-    let config = match Config::load(Flags::parse()) {
+    let cli = Cli::parse();
+    if let Some(Sub::Certs(args)) = cli.command {
+        let files = certs::generate(&args).context("baton-server certs")?;
+        for f in files {
+            println!("wrote {}", f.display());
+        }
+        return Ok(());
+    }
+    let config = match Config::load(cli.flags) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("baton-server: {e}");

@@ -15,6 +15,11 @@ pub struct Config {
     pub log_level: String,
     /// The first of the local cluster's three ports (used when no server is configured).
     pub local_port_base: Option<u16>,
+    /// The CA that the servers' certificates are verified against; with it, servers are reached over
+    /// TLS (`--tls-ca`).
+    pub tls_ca: Option<PathBuf>,
+    /// Whether the local cluster serves TLS (`--local-tls`).
+    pub local_tls: bool,
 }
 
 impl Default for Config {
@@ -24,6 +29,8 @@ impl Default for Config {
             user: None,
             log_level: "info".into(),
             local_port_base: None,
+            tls_ca: None,
+            local_tls: false,
         }
     }
 }
@@ -98,6 +105,9 @@ mod tests {
         assert_eq!(servers(&[], &Config::default()), None, "the local cluster");
         let cfg = parse("local_port_base = 7401").unwrap();
         assert_eq!(cfg.local_port_base, Some(7401));
+        let cfg = parse("tls_ca = \"/etc/baton/ca.pem\"\nlocal_tls = true").unwrap();
+        assert_eq!(cfg.tls_ca, Some(PathBuf::from("/etc/baton/ca.pem")));
+        assert!(cfg.local_tls);
         assert!(parse("sever = []").is_err(), "typos are reported");
     }
 }

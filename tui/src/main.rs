@@ -55,6 +55,14 @@ struct Flags {
     /// Username to fill in on the sign-in screen.
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
+    /// CA certificate (PEM) the servers' certificates must be signed by: with it, servers are reached
+    /// over TLS and verified (default: the config file's `tls_ca`; without either, plain text).
+    #[arg(long, value_name = "PATH", global = true)]
+    tls_ca: Option<PathBuf>,
+    /// The local cluster serves TLS, with a CA and certificates made in its data directory on first use
+    /// (default: the config file's `local_tls`).
+    #[arg(long, global = true)]
+    local_tls: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,7 +118,13 @@ fn real_main() -> anyhow::Result<()> {
             &dir,
             port_base,
             local::server_binary()?,
+            flags.local_tls || cfg.local_tls,
         )?)
+    };
+    // Servers named by flag or config are verified against this CA (the local cluster has its own).
+    let tls = match flags.tls_ca.as_ref().or(cfg.tls_ca.as_ref()) {
+        Some(ca) => Some(client::ClientTls::from_ca_file(ca)?),
+        None => None,
     };
     let result = match flags.command {
         Some(Sub::Control) => {
@@ -124,6 +138,7 @@ fn real_main() -> anyhow::Result<()> {
         }) => runtime
             .block_on(client::create_account(
                 &servers,
+                tls.as_ref(),
                 &user,
                 &password,
                 Duration::from_secs(60),
@@ -135,8 +150,8 @@ fn real_main() -> anyhow::Result<()> {
             // Declared before the runtime's work starts and dropped after it, so the servers outlive the
             // client and stop when baton does (also when it unwinds from a panic).
             let mut local = None;
-            let (servers, notice) = match config::servers(&flags.servers, &cfg) {
-                Some(servers) => (servers, None),
+            let (servers, tls, notice) = match config::servers(&flags.servers, &cfg) {
+                Some(servers) => (servers, tls, None),
                 None => {
                     let cluster = local.insert(open_local()?);
                     let started = cluster.start_all()?;
@@ -145,17 +160,26 @@ fn real_main() -> anyhow::Result<()> {
                         .iter()
                         .filter(|(_, s)| matches!(s, Started::Adopted(_)))
                         .count();
+                    let local_tls = cluster.client_tls()?;
                     let notice = format!(
-                        "Local cluster on {} ({} started, {adopted} already running) · data in {}",
+                        "Local cluster on {} ({} started, {adopted} already running{}) · data in {}",
                         cluster.addrs().join(", "),
                         started.len() - adopted,
+                        if local_tls.is_some() { ", TLS" } else { "" },
                         cluster.dir().display()
                     );
-                    (cluster.addrs(), Some(notice))
+                    (cluster.addrs(), local_tls, Some(notice))
                 }
             };
-            tracing::info!(?servers, log_dir = %log_dir.display(), "baton starting");
-            runtime.block_on(run(servers, user, utc_offset_s, local.as_mut(), notice))
+            tracing::info!(?servers, tls = tls.is_some(), log_dir = %log_dir.display(), "baton starting");
+            runtime.block_on(run(
+                servers,
+                tls,
+                user,
+                utc_offset_s,
+                local.as_mut(),
+                notice,
+            ))
         }
     };
     if let Err(e) = &result {
@@ -190,12 +214,13 @@ fn now_ms() -> i64 {
 
 async fn run(
     servers: Vec<String>,
+    tls: Option<client::ClientTls>,
     user: Option<String>,
     utc_offset_s: i32,
     mut local: Option<&mut LocalCluster>,
     notice: Option<String>,
 ) -> anyhow::Result<()> {
-    let (client, mut client_events) = Client::start(servers.clone());
+    let (client, mut client_events) = Client::start(servers.clone(), tls);
     let mut app = App::new(servers, user, now_ms(), utc_offset_s);
     if let Some(n) = notice {
         app.update(Action::Client(ClientEvent::Notice(n)));

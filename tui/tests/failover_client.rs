@@ -113,8 +113,8 @@ async fn messages_survive_a_leader_crash_exactly_once_and_in_order() {
     let mut servers = cluster.addrs();
     servers.reverse();
 
-    let (alice, alice_rx) = Client::start(servers.clone());
-    let (bob, bob_rx) = Client::start(servers);
+    let (alice, alice_rx) = Client::start(servers.clone(), None);
+    let (bob, bob_rx) = Client::start(servers, None);
     let mut a = Events::new("alice", alice_rx);
     let mut b = Events::new("bob", bob_rx);
     alice.create_account("alice".into(), "alice-password".into());
@@ -287,7 +287,7 @@ async fn with_no_server_reachable_the_client_says_so_and_keeps_trying() {
     let servers: Vec<String> = (0..2)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
-    let (client, rx) = Client::start(servers.clone());
+    let (client, rx) = Client::start(servers.clone(), None);
     let mut events = Events::new("lonely", rx);
     let expected = format!("no server reachable (tried {})", servers.join(", "));
     let want = expected.clone();

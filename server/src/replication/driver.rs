@@ -6,9 +6,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use baton_proto::tls::ClientTls;
 use baton_proto::v1 as pb;
 use baton_proto::v1::replication_client::ReplicationClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::engine::{self, Action, Role};
 use super::{follower, leader, view_of};
@@ -19,17 +20,27 @@ use crate::store::models::Member;
 /// Cached gRPC channels to peers, by address, and their latest answers.
 #[derive(Default)]
 pub struct Peers {
+    /// None: peers are dialled in plain text.
+    tls: Option<ClientTls>,
     channels: Mutex<HashMap<String, Channel>>,
     answers: Mutex<HashMap<String, (pb::NodeStatus, Instant)>>,
 }
 
 impl Peers {
+    /// Peers dialled over https, verified against the cluster CA, when `tls` is given.
+    pub fn new(tls: Option<ClientTls>) -> Peers {
+        Peers {
+            tls,
+            ..Peers::default()
+        }
+    }
+
     pub fn channel(&self, address: &str) -> Result<Channel> {
         let mut channels = self.channels.lock().expect("channels lock");
         if let Some(c) = channels.get(address) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        let endpoint = baton_proto::tls::endpoint(address, self.tls.as_ref())
             .map_err(|e| Error::invalid(format!("peer address {address:?}: {e}")))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)

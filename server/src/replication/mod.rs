@@ -41,6 +41,8 @@ pub struct Settings {
     pub replica_timeout: Duration,
     pub heartbeat: Duration,
     pub election_timeout: Duration,
+    /// Peer RPCs must come with a verified client certificate as well as the secret.
+    pub peer_mtls: bool,
 }
 
 impl Settings {
@@ -54,6 +56,7 @@ impl Settings {
                 replica_timeout: Duration::from_millis(c.replica_timeout_ms),
                 heartbeat: Duration::from_millis(c.heartbeat_ms),
                 election_timeout: Duration::from_millis(c.election_timeout_ms),
+                peer_mtls: false,
             },
             None => Settings {
                 peers: Vec::new(),
@@ -63,6 +66,7 @@ impl Settings {
                 replica_timeout: Duration::from_millis(1000),
                 heartbeat: Duration::from_millis(100),
                 election_timeout: Duration::from_millis(500),
+                peer_mtls: false,
             },
         }
     }
@@ -253,8 +257,16 @@ impl Replication {
         Ok(())
     }
 
-    /// Checks the cluster secret on a peer RPC.
+    /// Checks the cluster secret on a peer RPC and, with peer mTLS, that the caller presented a client
+    /// certificate (the TLS layer has verified it against the cluster CA; it is optional there so that
+    /// clients reach the Chat service without one).
     pub fn authenticate<T>(&self, req: &tonic::Request<T>) -> Result<(), Status> {
+        if self.settings.peer_mtls && req.peer_certs().is_none_or(|certs| certs.is_empty()) {
+            return Err(Status::unauthenticated(
+                "peer RPC without a client certificate: this cluster requires peer mTLS \
+                 (a member dials with its --tls-cert, signed by the cluster's --tls-ca)",
+            ));
+        }
         let given = req
             .metadata()
             .get(CLUSTER_SECRET)

@@ -1,5 +1,6 @@
 //! A local cluster of real `baton-server` processes on fixed loopback ports, with optional proxies on
-//! every peer link (for partitions), content digests per replica, and waits with deadlines.
+//! every peer link (for partitions), optional TLS (certificates made by `baton-server certs`), content
+//! digests per replica, and waits with deadlines.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_proto::CLUSTER_SECRET;
+use baton_proto::tls::ClientTls;
 use baton_proto::v1 as pb;
 use baton_proto::v1::replication_client::ReplicationClient;
 use tempfile::TempDir;
@@ -27,6 +29,9 @@ pub struct Cluster {
     /// (from, to) -> the proxy `from` dials to reach `to`.
     proxies: BTreeMap<(u64, u64), Proxy>,
     extra: Vec<String>,
+    /// Some: every node serves TLS with the certificates in `tls_dir()`, and the fixture's own calls
+    /// verify them against the CA, presenting node 1's certificate (for peer mTLS).
+    tls: Option<ClientTls>,
 }
 
 /// A free loopback port (bound and released; the server binds it again at once).
@@ -45,21 +50,34 @@ fn real(port: u16) -> SocketAddr {
 impl Cluster {
     /// `n` servers with ids 1..=n, each told of all others directly.
     pub async fn start(n: u64, extra: &[&str]) -> Cluster {
-        Cluster::build(n, extra, false).await
+        Cluster::build(n, extra, false, false).await
     }
 
     /// Like `start`, but every peer link goes through its own proxy, so links can be cut.
     pub async fn start_with_proxies(n: u64, extra: &[&str]) -> Cluster {
-        Cluster::build(n, extra, true).await
+        Cluster::build(n, extra, true, false).await
     }
 
-    async fn build(n: u64, extra: &[&str], proxied: bool) -> Cluster {
+    /// Like `start`, every node serving TLS with certificates from `baton-server certs` (`extra` may
+    /// add `--peer-mtls`).
+    pub async fn start_tls(n: u64, extra: &[&str]) -> Cluster {
+        Cluster::build(n, extra, false, true).await
+    }
+
+    async fn build(n: u64, extra: &[&str], proxied: bool, tls: bool) -> Cluster {
         let dir = Arc::new(
             tempfile::Builder::new()
                 .prefix("baton-cluster-")
                 .tempdir()
                 .expect("temporary directory"),
         );
+        let tls = tls.then(|| {
+            let certs = dir.path().join("tls");
+            super::make_certs(&certs, n);
+            let read = |name: &str| std::fs::read(certs.join(name)).expect("reading a certificate");
+            ClientTls::from_ca_pem(read("ca.pem"))
+                .with_identity(read("node-1.pem"), read("node-1-key.pem"))
+        });
         let secret_file = dir.path().join("cluster.secret");
         std::fs::write(&secret_file, SECRET).expect("writing the secret");
         let ports: BTreeMap<u64, u16> = (1..=n).map(|id| (id, free_port())).collect();
@@ -80,6 +98,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             proxies,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls,
         };
         let ids: Vec<u64> = cluster.ports.keys().copied().collect();
         // Started together, as an operator would; they find each other in any order.
@@ -119,8 +138,41 @@ impl Cluster {
             "--cluster-secret-file".into(),
             self.secret_file.display().to_string(),
         ];
+        args.extend(self.tls_args(id));
         args.extend(self.extra.iter().cloned());
         args
+    }
+
+    /// `--tls-cert`, `--tls-key`, `--tls-ca` for node `id` of a TLS cluster; nothing otherwise.
+    fn tls_args(&self, id: u64) -> Vec<String> {
+        if self.tls.is_none() {
+            return Vec::new();
+        }
+        let f = |name: String| self.tls_dir().join(name).display().to_string();
+        vec![
+            "--tls-cert".into(),
+            f(format!("node-{id}.pem")),
+            "--tls-key".into(),
+            f(format!("node-{id}-key.pem")),
+            "--tls-ca".into(),
+            f("ca.pem".into()),
+        ]
+    }
+
+    /// Where a TLS cluster's certificates are (ca.pem, node-N.pem, node-N-key.pem).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
+    }
+
+    /// How the fixture reaches a TLS cluster (None: plain text).
+    pub fn tls(&self) -> Option<&ClientTls> {
+        self.tls.as_ref()
+    }
+
+    /// The endpoint of node `id`, over TLS when the cluster serves it.
+    pub fn endpoint(&self, id: u64) -> Endpoint {
+        baton_proto::tls::endpoint(&self.addr(id).to_string(), self.tls.as_ref())
+            .expect("a valid endpoint")
     }
 
     pub fn dir(&self) -> Arc<TempDir> {
@@ -172,6 +224,7 @@ impl Cluster {
             "--cluster-secret-file".into(),
             self.secret_file.display().to_string(),
         ];
+        args.extend(self.tls_args(id));
         args.extend(extra.iter().map(|s| s.to_string()));
         let server =
             Server::start_node_at(self.dir.clone(), id, real(port).to_string(), args).await;
@@ -194,13 +247,13 @@ impl Cluster {
     }
 
     pub async fn client(&self, id: u64) -> Client {
-        super::connect(self.addr(id)).await
+        super::connect_with(self.endpoint(id)).await
     }
 
     /// `ClusterStatus` of one node, or None if it does not answer in time.
     pub async fn status(&self, id: u64) -> Option<pb::ClusterStatusResponse> {
-        let channel = Endpoint::from_shared(format!("http://{}", self.addr(id)))
-            .ok()?
+        let channel = self
+            .endpoint(id)
             .connect_timeout(Duration::from_millis(300))
             .timeout(Duration::from_millis(500))
             .connect()
@@ -273,8 +326,8 @@ impl Cluster {
     }
 
     pub async fn digest(&self, id: u64) -> Option<pb::DigestResponse> {
-        let channel = Endpoint::from_shared(format!("http://{}", self.addr(id)))
-            .ok()?
+        let channel = self
+            .endpoint(id)
             .connect_timeout(Duration::from_millis(300))
             .timeout(Duration::from_secs(5))
             .connect()
@@ -357,8 +410,8 @@ pub async fn send_retrying(
             }
         }
         if let Some(l) = leader
-            && let Ok(channel) = Endpoint::from_shared(format!("http://{}", cluster.addr(l)))
-                .expect("endpoint")
+            && let Ok(channel) = cluster
+                .endpoint(l)
                 .connect_timeout(Duration::from_millis(300))
                 .timeout(Duration::from_secs(3))
                 .connect()

@@ -298,13 +298,35 @@ async fn spawn(dir: &Path, id: u64, listen: &str, args: &[String]) -> (Child, So
 }
 
 pub async fn connect(addr: SocketAddr) -> Client {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .expect("valid endpoint")
+    connect_with(Endpoint::from_shared(format!("http://{addr}")).expect("valid endpoint")).await
+}
+
+/// A connection through `endpoint` (plain or TLS), which must succeed.
+pub async fn connect_with(endpoint: Endpoint) -> Client {
+    let uri = endpoint.uri().clone();
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        .unwrap_or_else(|e| panic!("connecting to {uri}: {e}"));
     ChatClient::new(channel)
+}
+
+/// `baton-server certs --out dir --nodes n`: a CA and certificates for nodes 1..=n, valid for
+/// 127.0.0.1 and localhost.
+pub fn make_certs(dir: &Path, nodes: u64) {
+    let out = Command::new(env!("CARGO_BIN_EXE_baton-server"))
+        .arg("certs")
+        .arg("--out")
+        .arg(dir)
+        .args(["--nodes", &nodes.to_string()])
+        .output()
+        .expect("running baton-server certs");
+    assert!(
+        out.status.success(),
+        "baton-server certs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `msg` with the metadata `authorization: Bearer <token>`.

@@ -12,6 +12,7 @@ mod worker;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use baton_proto::tls::ClientTls;
 use baton_proto::v1 as pb;
 use baton_proto::v1::chat_client::ChatClient;
 use tonic::transport::Channel;
@@ -31,11 +32,15 @@ pub struct Client {
 impl Client {
     /// Spawns the worker on the current tokio runtime (panics outside one, like `tokio::spawn`).
     /// `servers` are `HOST:PORT` addresses of cluster members, tried in this order; members the cluster
-    /// reports are learned on the way.
-    pub fn start(servers: Vec<String>) -> (Client, UnboundedReceiver<ClientEvent>) {
+    /// reports are learned on the way. With `tls`, every server is reached over TLS and verified
+    /// against its CA.
+    pub fn start(
+        servers: Vec<String>,
+        tls: Option<ClientTls>,
+    ) -> (Client, UnboundedReceiver<ClientEvent>) {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (events, event_rx) = mpsc::unbounded_channel();
-        tokio::spawn(worker::run(servers, command_rx, events));
+        tokio::spawn(worker::run(servers, tls, command_rx, events));
         (Client { commands }, event_rx)
     }
 
@@ -118,13 +123,15 @@ impl Client {
 pub struct StatusProbe {
     addr: String,
     chat: ChatClient<Channel>,
+    tls: bool,
 }
 
 impl StatusProbe {
-    pub fn new(addr: &str) -> Result<StatusProbe, String> {
+    pub fn new(addr: &str, tls: Option<&ClientTls>) -> Result<StatusProbe, String> {
         Ok(StatusProbe {
             addr: addr.to_string(),
-            chat: wire::chat(wire::channel(addr)?),
+            chat: wire::chat(wire::channel(addr, tls)?),
+            tls: tls.is_some(),
         })
     }
 
@@ -133,7 +140,7 @@ impl StatusProbe {
         let call = self.chat.cluster_status(pb::ClusterStatusRequest {});
         let s = wire::bounded(&self.addr, limit, call)
             .await
-            .map_err(|e| wire::describe(&e))?;
+            .map_err(|e| wire::describe(&e, self.tls))?;
         Ok(NodeStatus {
             node_id: s.node_id,
             role: wire::role(s.role),
@@ -147,9 +154,11 @@ impl StatusProbe {
 
 /// Creates an account without signing in (for scripts: `baton create-account`). Tries each server in turn
 /// until one leads, and retries while the cluster has no leader yet, for up to `limit`. A name that exists
-/// after an attempt whose answer was lost counts as created by that attempt.
+/// after an attempt whose answer was lost counts as created by that attempt. A TLS mismatch (plain text
+/// against TLS, an untrusted certificate) is no outage: it is reported at once.
 pub async fn create_account(
     servers: &[String],
+    tls: Option<&ClientTls>,
     username: &str,
     password: &str,
     limit: Duration,
@@ -157,8 +166,9 @@ pub async fn create_account(
     let deadline = tokio::time::Instant::now() + limit;
     let mut clients = Vec::new();
     for addr in servers {
-        clients.push((addr.clone(), wire::chat(wire::channel(addr)?)));
+        clients.push((addr.clone(), wire::chat(wire::channel(addr, tls)?)));
     }
+    let describe = |s: &tonic::Status| wire::describe(s, tls.is_some());
     let mut maybe_created = false;
     let mut last = String::from("no servers given");
     loop {
@@ -169,14 +179,17 @@ pub async fn create_account(
             });
             match wire::bounded(addr, Duration::from_secs(3), call).await {
                 Ok(_) => return Ok(()),
+                Err(s) if baton_proto::tls::tls_hint(&describe(&s), tls.is_some()).is_some() => {
+                    return Err(format!("{addr}: {}", describe(&s)));
+                }
                 Err(s) if s.code() == tonic::Code::AlreadyExists && maybe_created => return Ok(()),
                 Err(s) => match s.code() {
-                    tonic::Code::Unavailable | tonic::Code::Unknown => last = wire::describe(&s),
+                    tonic::Code::Unavailable | tonic::Code::Unknown => last = describe(&s),
                     tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                         maybe_created = true;
-                        last = wire::describe(&s);
+                        last = describe(&s);
                     }
-                    _ => return Err(wire::describe(&s)),
+                    _ => return Err(describe(&s)),
                 },
             }
         }

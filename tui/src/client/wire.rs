@@ -4,10 +4,11 @@
 use std::future::Future;
 use std::time::Duration;
 
+use baton_proto::tls::ClientTls;
 use baton_proto::v1 as pb;
 use baton_proto::v1::chat_client::ChatClient;
 use baton_proto::{AUTHORIZATION, LEADER_HINT, LEADER_ID_HINT};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use super::types::{Account, Conversation, MemberView, Message, Role};
@@ -20,15 +21,10 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A lazily connecting channel: creating it never blocks, and it reconnects by itself on the next call
-/// after a failure, so one per address can be kept for the whole life of the client.
-pub fn channel(addr: &str) -> Result<Channel, String> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let endpoint = Endpoint::from_shared(uri)
-        .map_err(|e| format!("{addr:?} is not a server address: {e}"))?
+/// after a failure, so one per address can be kept for the whole life of the client. Over TLS, verified
+/// against the CA, when `tls` is given.
+pub fn channel(addr: &str, tls: Option<&ClientTls>) -> Result<Channel, String> {
+    let endpoint = baton_proto::tls::endpoint(addr, tls)?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -87,14 +83,10 @@ pub fn leader_hint(status: &Status) -> Option<(String, u64)> {
     Some((addr, id))
 }
 
-/// A status message fit for a person: tonic's transport errors are long chains; the first line is enough.
-pub fn describe(status: &Status) -> String {
-    let msg = status.message().lines().next().unwrap_or_default().trim();
-    if msg.is_empty() {
-        format!("{:?}", status.code())
-    } else {
-        msg.to_string()
-    }
+/// A status message fit for a person, on one line: the first line of the message, the cause of a
+/// connection failure, and what to do about a TLS mismatch. `tls`: whether the client dials with TLS.
+pub fn describe(status: &Status, tls: bool) -> String {
+    baton_proto::tls::explain(status, tls)
 }
 
 pub fn message(m: pb::Message) -> Message {
@@ -164,12 +156,12 @@ mod tests {
 
     #[test]
     fn descriptions_are_one_line() {
-        assert_eq!(describe(&Status::unavailable("a\nb")), "a");
-        assert_eq!(describe(&Status::unavailable("")), "Unavailable");
+        assert_eq!(describe(&Status::unavailable("a\nb"), false), "a");
+        assert_eq!(describe(&Status::unavailable(""), false), "Unavailable");
     }
 
     #[test]
     fn bad_addresses_are_errors_not_panics() {
-        assert!(channel("not a uri at all").is_err());
+        assert!(channel("not a uri at all", None).is_err());
     }
 }

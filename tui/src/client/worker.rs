@@ -25,6 +25,8 @@ use super::policy::{Backoff, Policy, StatusAnswer, Verdict};
 use super::types::{
     Account, ClientEvent, ClusterView, Conversation, Failover, LocalId, Message, Outgoing,
 };
+use baton_proto::tls::ClientTls;
+
 use super::wire::{self, authed, bounded, describe};
 
 /// Deadline for ordinary calls.
@@ -223,11 +225,12 @@ struct Subscription {
 
 pub async fn run(
     servers: Vec<String>,
+    tls: Option<ClientTls>,
     mut commands: UnboundedReceiver<Command>,
     events: UnboundedSender<ClientEvent>,
 ) {
     let (itx, mut irx) = mpsc::unbounded_channel();
-    let mut w = Worker::new(servers, events, itx);
+    let mut w = Worker::new(servers, tls, events, itx);
     loop {
         let now = Instant::now();
         w.step(now);
@@ -250,6 +253,8 @@ struct Worker {
     itx: UnboundedSender<Internal>,
     tasks: JoinSet<()>,
     channels: HashMap<String, Channel>,
+    /// None: servers are dialled in plain text.
+    tls: Option<ClientTls>,
 
     policy: Policy,
     link: Link,
@@ -263,6 +268,9 @@ struct Worker {
     last_members: Vec<pb::Member>,
     last_answer_at: Option<Instant>,
     last_error: String,
+    /// The last probe failure when it looks like a TLS mismatch (a missing or wrong `--tls-ca`): kept in
+    /// the "no server reachable" message, where it is what a person needs to know.
+    tls_trouble: Option<String>,
     last_view: Option<(ClusterView, Instant)>,
 
     session: Option<Session>,
@@ -308,6 +316,7 @@ fn now_ms() -> i64 {
 impl Worker {
     fn new(
         servers: Vec<String>,
+        tls: Option<ClientTls>,
         events: UnboundedSender<ClientEvent>,
         itx: UnboundedSender<Internal>,
     ) -> Worker {
@@ -323,6 +332,7 @@ impl Worker {
             itx,
             tasks: JoinSet::new(),
             channels: HashMap::new(),
+            tls,
             policy,
             link: Link::Down { since: now },
             last_leader_id: 0,
@@ -333,6 +343,7 @@ impl Worker {
             last_members: Vec::new(),
             last_answer_at: None,
             last_error,
+            tls_trouble: None,
             last_view: None,
             session: None,
             owner: None,
@@ -367,7 +378,7 @@ impl Worker {
         if let Some(ch) = self.channels.get(addr) {
             return Ok(wire::chat(ch.clone()));
         }
-        let ch = wire::channel(addr).map_err(Status::invalid_argument)?;
+        let ch = wire::channel(addr, self.tls.as_ref()).map_err(Status::invalid_argument)?;
         self.channels.insert(addr.to_string(), ch.clone());
         Ok(wire::chat(ch))
     }
@@ -667,8 +678,12 @@ impl Worker {
         let status = match result {
             Ok(s) => s,
             Err(st) => {
-                tracing::debug!(%addr, error = %describe(&st), "ClusterStatus failed");
-                self.last_error = format!("{addr}: {}", describe(&st));
+                let why = describe(&st, self.tls.is_some());
+                tracing::debug!(%addr, error = %why, "ClusterStatus failed");
+                self.tls_trouble = baton_proto::tls::tls_hint(&why, self.tls.is_some())
+                    .is_some()
+                    .then(|| why.clone());
+                self.last_error = format!("{addr}: {why}");
                 self.link_down_if(&addr, now);
                 self.policy.on_failure(&addr, now, jitter(), true);
                 if self.policy.all_unreachable() {
@@ -730,10 +745,11 @@ impl Worker {
     }
 
     fn unreachable_message(&self) -> String {
-        format!(
-            "no server reachable (tried {})",
-            self.policy.servers().join(", ")
-        )
+        let tried = self.policy.servers().join(", ");
+        match &self.tls_trouble {
+            Some(why) => format!("no server reachable (tried {tried}; {why})"),
+            None => format!("no server reachable (tried {tried})"),
+        }
     }
 
     /// Why a request could not be served, for a person.
@@ -920,7 +936,7 @@ impl Worker {
             }
             Err(st) => st,
         };
-        let why = describe(&status);
+        let why = describe(&status, self.tls.is_some());
         match classify(status.code()) {
             Disposition::Transient => {
                 tracing::debug!(%addr, what = job.req.what(), error = %why, "call failed; will retry");
@@ -1136,7 +1152,7 @@ impl Worker {
             }
             Err(st) => st,
         };
-        let why = describe(&status);
+        let why = describe(&status, self.tls.is_some());
         match classify(status.code()) {
             Disposition::Transient => {
                 tracing::debug!(%addr, local_id = %entry.local_id.0, error = %why, "send failed; will resend");
@@ -1228,10 +1244,10 @@ impl Worker {
                 self.sub_backoff.fail(now, jitter());
                 match end {
                     Some(st) if st.code() == Code::Unauthenticated => {
-                        self.session_lost(&sub.token, &describe(&st));
+                        self.session_lost(&sub.token, &describe(&st, self.tls.is_some()));
                     }
                     Some(st) => {
-                        tracing::debug!(addr = %sub.addr, error = %describe(&st), "subscription ended");
+                        tracing::debug!(addr = %sub.addr, error = %describe(&st, self.tls.is_some()), "subscription ended");
                         self.after_transient(&sub.addr, &st, now);
                     }
                     None => {
@@ -1423,7 +1439,7 @@ mod tests {
         let (itx, _irx) = mpsc::unbounded_channel();
         // Nothing answers there, and the answers are never read: what was sent stays in flight.
         let addr = "127.0.0.1:9".to_string();
-        let mut w = Worker::new(vec![addr.clone()], events, itx);
+        let mut w = Worker::new(vec![addr.clone()], None, events, itx);
         w.link = Link::Up {
             addr: addr.clone(),
             leader_id: 1,

@@ -68,9 +68,10 @@ async fn event_loop(
 ) -> anyhow::Result<()> {
     let (tx, mut events) = mpsc::unbounded_channel();
     let mut pollers = Vec::new();
+    let tls = cluster.client_tls()?;
     for id in cluster.ids() {
         let addr = cluster.addr(id).map(|a| a.to_string()).unwrap_or_default();
-        let mut probe = StatusProbe::new(&addr).map_err(anyhow::Error::msg)?;
+        let mut probe = StatusProbe::new(&addr, tls.as_ref()).map_err(anyhow::Error::msg)?;
         let tx = tx.clone();
         pollers.push(tokio::spawn(async move {
             let mut every = tokio::time::interval(POLL_EVERY);

@@ -1,6 +1,7 @@
 //! The local cluster: three `baton-server` processes on loopback ports that `baton` runs for itself when no
 //! cluster is configured, and that `baton control` starts, kills and restarts. Everything lives in one data
-//! directory, kept between runs: the generated cluster secret, each server's database, log and pid file.
+//! directory, kept between runs: the generated cluster secret, each server's database, log and pid file,
+//! and with TLS (`--local-tls`) the certificates `baton-server certs` made for it in `tls/`.
 //! Servers a previous instance left running there are adopted rather than started twice. Servers this
 //! process started stop with it: on `stop` (SIGTERM, then SIGKILL), on drop (also while unwinding from a
 //! panic), and, on Linux, by the kernel if `baton` dies any other way (see [`sys::die_with_parent`]).
@@ -13,6 +14,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use baton_proto::tls::ClientTls;
 
 /// The first of the three ports the local cluster uses by default (`just cluster` uses 7001-7003).
 pub const DEFAULT_PORT_BASE: u16 = 7301;
@@ -36,6 +39,10 @@ pub enum LocalError {
     NoServerBinary(PathBuf),
     #[error("building baton-server failed")]
     BuildFailed,
+    #[error("making the local cluster's certificates in {} failed: {why}", .dir.display())]
+    Certs { dir: PathBuf, why: String },
+    #[error("the local cluster's CA: {0}")]
+    Ca(#[from] baton_proto::tls::TlsError),
     #[error("ports {first}-{} must be free or served by this local cluster", first + 2)]
     BadPortBase { first: u16 },
     #[error(
@@ -56,6 +63,13 @@ pub enum LocalError {
         secs: u64,
         log: PathBuf,
     },
+    #[error(
+        "node {id} is already running here (pid {pid}, started by another baton) {}: stop that baton or run \
+         this one {}",
+        if *.tls { "with TLS" } else { "in plain text" },
+        if *.tls { "with --local-tls" } else { "without --local-tls" }
+    )]
+    OtherMode { id: u64, pid: u32, tls: bool },
     #[error("node {0} is not running")]
     NotRunning(u64),
     #[error("node {0} is already running")]
@@ -146,14 +160,18 @@ pub struct LocalCluster {
     secret: PathBuf,
     server_bin: PathBuf,
     nodes: Vec<Node>,
+    /// Whether the servers serve TLS, with the certificates in `tls_dir()`.
+    tls: bool,
 }
 
 impl LocalCluster {
-    /// Prepares the data directory and its secret (generated on first use); starts nothing yet.
+    /// Prepares the data directory and its secret (generated on first use) and, with `tls`, its
+    /// certificates (made by `baton-server certs` on first use); starts nothing yet.
     pub fn open(
         dir: &Path,
         port_base: u16,
         server_bin: PathBuf,
+        tls: bool,
     ) -> Result<LocalCluster, LocalError> {
         if port_base == 0 || port_base > u16::MAX - 2 {
             return Err(LocalError::BadPortBase { first: port_base });
@@ -175,12 +193,51 @@ impl LocalCluster {
                 proc: Proc::Stopped,
             })
             .collect();
-        Ok(LocalCluster {
+        let cluster = LocalCluster {
             dir,
             secret,
             server_bin,
             nodes,
-        })
+            tls,
+        };
+        if tls && !cluster.tls_dir().join("ca.pem").exists() {
+            cluster.make_certs()?;
+        }
+        Ok(cluster)
+    }
+
+    /// Where the TLS certificates are: ca.pem, node-N.pem, node-N-key.pem.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.join("tls")
+    }
+
+    /// How clients reach these servers: over TLS verified against the local CA, or plain text.
+    pub fn client_tls(&self) -> Result<Option<ClientTls>, LocalError> {
+        if !self.tls {
+            return Ok(None);
+        }
+        Ok(Some(ClientTls::from_ca_file(
+            &self.tls_dir().join("ca.pem"),
+        )?))
+    }
+
+    fn make_certs(&self) -> Result<(), LocalError> {
+        let dir = self.tls_dir();
+        let out = Command::new(&self.server_bin)
+            .arg("certs")
+            .arg("--out")
+            .arg(&dir)
+            .args(["--nodes", &NODE_IDS.len().to_string(), "--force"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(io(format!("running {} certs", self.server_bin.display())))?;
+        if !out.status.success() {
+            return Err(LocalError::Certs {
+                dir,
+                why: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -246,10 +303,11 @@ impl LocalCluster {
         let addr = self.addr(id).ok_or(LocalError::NotRunning(id))?;
         if TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok() {
             return match self.previous_server(id, addr) {
-                Some(pid) => {
+                Some((pid, tls)) if tls == self.tls => {
                     self.node_mut(id)?.proc = Proc::Adopted(pid);
                     Ok(Started::Adopted(pid))
                 }
+                Some((pid, tls)) => Err(LocalError::OtherMode { id, pid, tls }),
                 None => Err(LocalError::PortInUse { id, addr }),
             };
         }
@@ -275,15 +333,24 @@ impl LocalCluster {
             .arg("--cluster-secret-file")
             .arg(&self.secret)
             .arg("--data-dir")
-            .arg(&self.dir)
-            .env(
-                "RUST_LOG",
-                std::env::var("BATON_SERVER_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
+            .arg(&self.dir);
+        if self.tls {
+            let tls = self.tls_dir();
+            cmd.arg("--tls-cert")
+                .arg(tls.join(format!("node-{id}.pem")))
+                .arg("--tls-key")
+                .arg(tls.join(format!("node-{id}-key.pem")))
+                .arg("--tls-ca")
+                .arg(tls.join("ca.pem"));
+        }
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("BATON_SERVER_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
         sys::die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
@@ -297,10 +364,10 @@ impl LocalCluster {
         Ok(Started::Spawned(pid))
     }
 
-    /// The pid of the server a previous instance started as node `id` here, if it is still that server:
-    /// its pid file names a live process whose command line is ours for this node (where the system shows
-    /// command lines).
-    fn previous_server(&self, id: u64, addr: SocketAddr) -> Option<u32> {
+    /// The pid of the server a previous instance started as node `id` here, if it is still that server
+    /// (its pid file names a live process whose command line is ours for this node, where the system
+    /// shows command lines), and whether it serves TLS (when unknown: as asked now).
+    fn previous_server(&self, id: u64, addr: SocketAddr) -> Option<(u32, bool)> {
         let text = std::fs::read_to_string(self.pid_path(id)).ok()?;
         let pid: u32 = text.trim().parse().ok()?;
         if !sys::alive(pid) {
@@ -312,9 +379,9 @@ impl LocalCluster {
                 let ours = args.first().is_some_and(|a| a.contains("baton-server"))
                     && args.iter().any(|a| *a == addr.to_string())
                     && args.iter().any(|a| *a == dir);
-                ours.then_some(pid)
+                ours.then_some((pid, args.iter().any(|a| a == "--tls-cert")))
             }
-            None => Some(pid),
+            None => Some((pid, self.tls)),
         }
     }
 

@@ -1,4 +1,5 @@
-//! A local three-server cluster of real `baton-server` processes on loopback, for the client's tests.
+//! A local three-server cluster of real `baton-server` processes on loopback, for the client's tests, in
+//! plain text or serving TLS with certificates made by `baton-server certs`.
 #![allow(dead_code)]
 
 use std::fs::File;
@@ -9,11 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use baton_proto::tls::ClientTls;
 use baton_proto::v1 as pb;
 use baton_proto::v1::chat_client::ChatClient;
 use tempfile::TempDir;
 use tokio::time::Instant;
-use tonic::transport::Endpoint;
 
 pub const SECRET: &str = "failover-client-test-secret-0123456789";
 /// How long a server may take to print its address.
@@ -102,16 +103,43 @@ pub struct Node {
 /// Three `baton-server` processes; every one still running is killed when this is dropped, and their
 /// logs are printed if the test is failing.
 pub struct Cluster {
-    _dir: TempDir,
+    dir: TempDir,
     nodes: Vec<Node>,
+    /// Some: the servers serve TLS, and the fixture trusts their CA.
+    tls: Option<ClientTls>,
 }
 
 impl Cluster {
     pub async fn start() -> Cluster {
+        Cluster::build(false).await
+    }
+
+    /// Like `start`, each server serving TLS with its certificate from `baton-server certs` (in
+    /// `tls_dir()`).
+    pub async fn start_tls() -> Cluster {
+        Cluster::build(true).await
+    }
+
+    async fn build(tls: bool) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("baton-failover-client-")
             .tempdir()
             .expect("a temporary directory");
+        let tls_dir = dir.path().join("tls");
+        let tls = tls.then(|| {
+            let out = Command::new(server_binary())
+                .arg("certs")
+                .arg("--out")
+                .arg(&tls_dir)
+                .output()
+                .expect("running baton-server certs");
+            assert!(
+                out.status.success(),
+                "baton-server certs failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            ClientTls::from_ca_file(&tls_dir.join("ca.pem")).expect("the CA just made")
+        });
         let secret = dir.path().join("cluster.secret");
         std::fs::write(&secret, SECRET).expect("writing the cluster secret");
         let addrs: Vec<(u64, SocketAddr)> = (1..=3)
@@ -129,7 +157,16 @@ impl Cluster {
             let data = dir.path().join(format!("node{id}"));
             std::fs::create_dir_all(&data).expect("a data directory");
             let log = dir.path().join(format!("node{id}.stderr.log"));
-            let mut child = Command::new(bin)
+            let mut cmd = Command::new(bin);
+            if tls.is_some() {
+                cmd.arg("--tls-cert")
+                    .arg(tls_dir.join(format!("node-{id}.pem")))
+                    .arg("--tls-key")
+                    .arg(tls_dir.join(format!("node-{id}-key.pem")))
+                    .arg("--tls-ca")
+                    .arg(tls_dir.join("ca.pem"));
+            }
+            let mut child = cmd
                 .args(["--id", &id.to_string(), "--listen", &addr.to_string()])
                 .arg("--print-address")
                 .arg("--data-dir")
@@ -163,7 +200,7 @@ impl Cluster {
                 log,
             });
         }
-        let cluster = Cluster { _dir: dir, nodes };
+        let cluster = Cluster { dir, nodes, tls };
         // All three are started before waiting on any: a fresh cluster forms once every member answers.
         for (node, rx) in cluster.nodes.iter().zip(first_lines) {
             let line = tokio::task::spawn_blocking(move || rx.recv_timeout(START_DEADLINE))
@@ -176,6 +213,15 @@ impl Cluster {
             }
         }
         cluster
+    }
+
+    /// The CA the servers' certificates are signed by (a TLS cluster).
+    pub fn tls(&self) -> Option<&ClientTls> {
+        self.tls.as_ref()
+    }
+
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
     }
 
     pub fn addrs(&self) -> Vec<String> {
@@ -213,7 +259,7 @@ impl Cluster {
     }
 
     pub async fn status(&self, id: u64) -> Option<pb::ClusterStatusResponse> {
-        let channel = Endpoint::from_shared(format!("http://{}", self.addr(id)))
+        let channel = baton_proto::tls::endpoint(&self.addr(id).to_string(), self.tls.as_ref())
             .ok()?
             .connect_timeout(Duration::from_millis(300))
             .timeout(Duration::from_millis(500))

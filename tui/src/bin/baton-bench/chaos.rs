@@ -109,8 +109,8 @@ pub async fn run(common: &Common, opts: &Opts) -> Result<()> {
     }
     let mut copts = common.cluster_options(partitions);
     copts.extra = common_args;
-    if !common.servers.is_empty() {
-        bail!("`chaos` kills servers, so it starts its own cluster: drop --server");
+    if !common.servers.is_empty() || common.tls_ca.is_some() {
+        bail!("`chaos` kills servers, so it starts its own cluster: drop --server and --tls-ca");
     }
     let mut cluster = Cluster::start(3, &copts).await?;
     progress(format_args!(
@@ -122,14 +122,12 @@ pub async fn run(common: &Common, opts: &Opts) -> Result<()> {
         cluster.path().display()
     ));
     cluster.wait_in_sync(SETUP_LIMIT).await?;
-    let servers = cluster.addrs();
+    let target = cluster.target();
     let tag = load::run_tag();
     let sink = format!("{tag}sink");
-    baton::client::create_account(&servers, &sink, load::PASSWORD, SETUP_LIMIT)
-        .await
-        .map_err(|e| anyhow::anyhow!("creating {sink}: {e}"))?;
+    target.create_account(&sink, SETUP_LIMIT).await?;
     let users: Vec<String> = (0..opts.clients).map(|i| format!("{tag}s{i}")).collect();
-    let sessions = load::sessions(&servers, &users, SETUP_LIMIT).await?;
+    let sessions = load::sessions(&target, &users, SETUP_LIMIT).await?;
 
     let ledger = Arc::new(Ledger::default());
     let stop = Arc::new(AtomicBool::new(false));

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use baton::local::sys;
 use baton_proto::CLUSTER_SECRET;
+use baton_proto::tls::ClientTls;
 use baton_proto::v1 as pb;
 use baton_proto::v1::chat_client::ChatClient;
 use baton_proto::v1::replication_client::ReplicationClient;
@@ -31,6 +32,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 pub struct Options {
     /// Every peer link through a proxy that `isolate` can cut.
     pub proxied: bool,
+    /// Serve TLS with certificates made by `baton-server certs`; clients verify against their CA.
+    pub tls: bool,
     /// More `baton-server` flags for every node.
     pub extra: Vec<String>,
     /// Keep the data directory (its path is printed) instead of removing it at the end.
@@ -57,7 +60,12 @@ pub struct Cluster {
     proxies: BTreeMap<(u64, u64), Proxy>,
     extra: Vec<String>,
     channels: BTreeMap<u64, Channel>,
+    /// The certificates' directory and the clients' view of them, when serving TLS.
+    tls: Option<(PathBuf, ClientTls)>,
 }
+
+/// Certificates are made for this many node ids (the three members and a joiner).
+const CERT_NODES: u64 = 4;
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")
@@ -70,13 +78,32 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-fn channel(addr: &str) -> Result<Channel> {
-    Ok(
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(ASK_LIMIT)
-            .tcp_nodelay(true)
-            .connect_lazy(),
-    )
+fn channel(addr: &str, tls: Option<&ClientTls>) -> Result<Channel> {
+    Ok(baton_proto::tls::endpoint(addr, tls)
+        .map_err(anyhow::Error::msg)?
+        .connect_timeout(ASK_LIMIT)
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// `baton-server certs`: a CA and a certificate per node for 127.0.0.1, in `dir`.
+fn make_certs(bin: &Path, dir: &Path) -> Result<ClientTls> {
+    let out = Command::new(bin)
+        .arg("certs")
+        .arg("--out")
+        .arg(dir)
+        .arg("--nodes")
+        .arg(CERT_NODES.to_string())
+        .output()
+        .with_context(|| format!("running {} certs", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} certs failed: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(ClientTls::from_ca_file(&dir.join("ca.pem"))?)
 }
 
 impl Cluster {
@@ -118,7 +145,15 @@ impl Cluster {
                 }
             }
         }
+        let tls = if opts.tls {
+            let certs = path.join("tls");
+            let client = make_certs(&bin, &certs)?;
+            Some((certs, client))
+        } else {
+            None
+        };
         let mut cluster = Cluster {
+            tls,
             dir: Some(dir),
             path,
             bin,
@@ -152,6 +187,14 @@ impl Cluster {
 
     pub fn server_bin(&self) -> &Path {
         &self.bin
+    }
+
+    /// Where the load goes: the configured members, with the CA when serving TLS.
+    pub fn target(&self) -> crate::load::Target {
+        crate::load::Target {
+            servers: self.addrs(),
+            tls: self.tls.as_ref().map(|(_, c)| c.clone()),
+        }
     }
 
     pub fn ids(&self) -> Vec<u64> {
@@ -244,6 +287,17 @@ impl Cluster {
             None => {
                 cmd.arg("--peers").arg(self.peers_arg(id));
             }
+        }
+        if let Some((certs, _)) = &self.tls {
+            if id > CERT_NODES {
+                bail!("certificates were made for nodes 1..={CERT_NODES} only");
+            }
+            cmd.arg("--tls-cert")
+                .arg(certs.join(format!("node-{id}.pem")))
+                .arg("--tls-key")
+                .arg(certs.join(format!("node-{id}-key.pem")))
+                .arg("--tls-ca")
+                .arg(certs.join("ca.pem"));
         }
         cmd.args(&self.extra)
             .env(
@@ -360,7 +414,7 @@ impl Cluster {
         if let Some(c) = self.channels.get(&id) {
             return Ok(c.clone());
         }
-        let c = channel(&self.addr(id))?;
+        let c = channel(&self.addr(id), self.tls.as_ref().map(|(_, c)| c))?;
         self.channels.insert(id, c.clone());
         Ok(c)
     }

@@ -129,7 +129,7 @@ impl Rng {
 
 pub async fn run(common: &Common, opts: &Opts) -> Result<()> {
     let mut cluster = common.own_cluster("failover", false).await?;
-    let servers = cluster.addrs();
+    let target = cluster.target();
     let ids: HashMap<String, u64> = cluster
         .ids()
         .into_iter()
@@ -137,11 +137,9 @@ pub async fn run(common: &Common, opts: &Opts) -> Result<()> {
         .collect();
     let tag = load::run_tag();
     let sink = format!("{tag}sink");
-    baton::client::create_account(&servers, &sink, load::PASSWORD, SETUP_LIMIT)
-        .await
-        .map_err(|e| anyhow::anyhow!("creating {sink}: {e}"))?;
+    target.create_account(&sink, SETUP_LIMIT).await?;
     let users: Vec<String> = (0..opts.clients).map(|i| format!("{tag}s{i}")).collect();
-    let sessions = load::sessions(&servers, &users, SETUP_LIMIT).await?;
+    let sessions = load::sessions(&target, &users, SETUP_LIMIT).await?;
 
     let log = Arc::new(AckLog::default());
     let stop = Arc::new(AtomicBool::new(false));

@@ -62,17 +62,15 @@ struct Window {
 
 pub async fn run(common: &Common, opts: &Opts) -> Result<()> {
     let mut cluster = common.own_cluster("join", false).await?;
-    let servers = cluster.addrs();
+    let target = cluster.target();
     let tag = load::run_tag();
     let sink = format!("{tag}sink");
-    baton::client::create_account(&servers, &sink, load::PASSWORD, SETUP_LIMIT)
-        .await
-        .map_err(|e| anyhow::anyhow!("creating {sink}: {e}"))?;
+    target.create_account(&sink, SETUP_LIMIT).await?;
 
     let loaders: Vec<String> = (0..opts.preload_clients)
         .map(|i| format!("{tag}p{i}"))
         .collect();
-    let sessions = load::sessions(&servers, &loaders, SETUP_LIMIT).await?;
+    let sessions = load::sessions(&target, &loaders, SETUP_LIMIT).await?;
     let per_client = opts.messages.div_ceil(u64::from(opts.preload_clients));
     let total = per_client * u64::from(opts.preload_clients);
     progress(format_args!("storing {total} messages first"));
@@ -101,7 +99,7 @@ pub async fn run(common: &Common, opts: &Opts) -> Result<()> {
     let database_mib = dir_size(&cluster.path().join(format!("node-{leader}"))) as f64 / 1048576.0;
 
     let users: Vec<String> = (0..opts.clients).map(|i| format!("{tag}s{i}")).collect();
-    let sessions = load::sessions(&servers, &users, SETUP_LIMIT).await?;
+    let sessions = load::sessions(&target, &users, SETUP_LIMIT).await?;
     let window = Arc::new(Window::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut senders = tokio::task::JoinSet::new();

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 use baton::client::policy::Policy;
 use baton::client::wire;
+use baton_proto::tls::ClientTls;
 use baton_proto::v1 as pb;
 use baton_proto::v1::chat_client::ChatClient;
 use tokio::time::Instant;
@@ -23,6 +24,22 @@ const RATE_LIMITED_PAUSE: Duration = Duration::from_millis(50);
 /// The password of every bench account (long enough for the server's rules).
 pub const PASSWORD: &str = "bench-password-0";
 
+/// The cluster the load goes to: any of its members, and the CA to verify them with (None: plain text).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub servers: Vec<String>,
+    pub tls: Option<ClientTls>,
+}
+
+impl Target {
+    /// Creates `user` (the bench password), retrying through elections until `limit`.
+    pub async fn create_account(&self, user: &str, limit: Duration) -> Result<()> {
+        baton::client::create_account(&self.servers, self.tls.as_ref(), user, PASSWORD, limit)
+            .await
+            .map_err(|e| anyhow!("creating {user}: {e}"))
+    }
+}
+
 /// How a call ended, as far as this client can know.
 #[derive(Debug)]
 pub enum CallError {
@@ -36,7 +53,7 @@ impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallError::GaveUp { last } => write!(f, "gave up: {last}"),
-            CallError::Rejected(s) => write!(f, "{:?}: {}", s.code(), wire::describe(s)),
+            CallError::Rejected(s) => write!(f, "{:?}: {}", s.code(), wire::describe(s, false)),
         }
     }
 }
@@ -59,6 +76,7 @@ fn jitter() -> f64 {
 
 pub struct Session {
     pub user: String,
+    tls: Option<ClientTls>,
     token: String,
     policy: Policy,
     clients: HashMap<String, ChatClient<Channel>>,
@@ -66,11 +84,12 @@ pub struct Session {
 
 impl Session {
     /// Logs `user` in through whichever server leads, retrying until `give_up`.
-    pub async fn login(servers: &[String], user: &str, give_up: Instant) -> Result<Session> {
+    pub async fn login(target: &Target, user: &str, give_up: Instant) -> Result<Session> {
         let mut s = Session {
             user: user.to_string(),
+            tls: target.tls.clone(),
             token: String::new(),
-            policy: Policy::new(servers.to_vec()),
+            policy: Policy::new(target.servers.clone()),
             clients: HashMap::new(),
         };
         s.relogin(give_up).await?;
@@ -97,7 +116,8 @@ impl Session {
         if let Some(c) = self.clients.get(addr) {
             return Ok(c.clone());
         }
-        let c = wire::chat(wire::channel(addr).map_err(Status::invalid_argument)?);
+        let c =
+            wire::chat(wire::channel(addr, self.tls.as_ref()).map_err(Status::invalid_argument)?);
         self.clients.insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -138,7 +158,7 @@ impl Session {
                     return Ok((v, addr));
                 }
                 Err(st) => {
-                    last = format!("{addr}: {}", wire::describe(&st));
+                    last = format!("{addr}: {}", wire::describe(&st, self.tls.is_some()));
                     match st.code() {
                         Code::Unavailable
                         | Code::DeadlineExceeded
@@ -237,21 +257,15 @@ impl Session {
 }
 
 /// Creates the accounts (in parallel, retrying through elections) and logs each in.
-pub async fn sessions(
-    servers: &[String],
-    users: &[String],
-    limit: Duration,
-) -> Result<Vec<Session>> {
+pub async fn sessions(target: &Target, users: &[String], limit: Duration) -> Result<Vec<Session>> {
     let give_up = Instant::now() + limit;
     let mut tasks = tokio::task::JoinSet::new();
     for (i, user) in users.iter().enumerate() {
-        let servers = servers.to_vec();
+        let target = target.clone();
         let user = user.clone();
         tasks.spawn(async move {
-            baton::client::create_account(&servers, &user, PASSWORD, limit)
-                .await
-                .map_err(|e| anyhow!("creating {user}: {e}"))?;
-            let s = Session::login(&servers, &user, give_up).await?;
+            target.create_account(&user, limit).await?;
+            let s = Session::login(&target, &user, give_up).await?;
             Ok::<_, anyhow::Error>((i, s))
         });
     }

@@ -48,6 +48,13 @@ pub struct Common {
     /// Keep the started cluster's data directory and logs (the path is printed at the end).
     #[arg(long, global = true)]
     keep: bool,
+    /// Start the cluster with TLS: certificates from `baton-server certs` in its data directory, every
+    /// connection verified against their CA.
+    #[arg(long, global = true)]
+    tls: bool,
+    /// The CA to verify `--server` targets with (they serve TLS); without it, plain text.
+    #[arg(long, value_name = "PEM", global = true)]
+    tls_ca: Option<PathBuf>,
     /// Another `baton-server` flag for every started server (repeat; e.g. `--server-arg=--sync=normal`).
     #[arg(
         long = "server-arg",
@@ -75,16 +82,31 @@ impl Common {
     fn cluster_options(&self, proxied: bool) -> cluster::Options {
         cluster::Options {
             proxied,
+            tls: self.tls,
             extra: self.server_args.clone(),
             keep: self.keep,
             server_bin: self.server_bin.clone(),
         }
     }
 
+    /// The running cluster named by `--server` (and `--tls-ca`).
+    fn external_target(&self) -> Result<load::Target> {
+        let tls = match &self.tls_ca {
+            Some(ca) => Some(baton_proto::tls::ClientTls::from_ca_file(ca)?),
+            None => None,
+        };
+        Ok(load::Target {
+            servers: self.servers.clone(),
+            tls,
+        })
+    }
+
     /// A started cluster of three, after it has elected its leader.
     async fn own_cluster(&self, what: &str, proxied: bool) -> Result<Cluster> {
-        if !self.servers.is_empty() {
-            bail!("`{what}` kills servers, so it starts its own cluster: drop --server");
+        if !self.servers.is_empty() || self.tls_ca.is_some() {
+            bail!(
+                "`{what}` kills servers, so it starts its own cluster: drop --server and --tls-ca"
+            );
         }
         let mut c = Cluster::start(3, &self.cluster_options(proxied)).await?;
         progress(format_args!(

@@ -188,13 +188,13 @@ fn samples(cluster: Option<&Cluster>) -> Vec<(u64, stats::ProcSample)> {
 
 pub async fn run(common: &Common, opts: &Opts) -> Result<()> {
     let mut cluster = None;
-    let servers = if common.servers.is_empty() {
+    let target = if common.servers.is_empty() {
         let c = common.own_cluster("throughput", false).await?;
-        let addrs = c.addrs();
+        let target = c.target();
         cluster = Some(c);
-        addrs
+        target
     } else {
-        common.servers.clone()
+        common.external_target()?
     };
     let server_bin = cluster.as_ref().map_or_else(
         || "external".into(),
@@ -211,10 +211,8 @@ pub async fn run(common: &Common, opts: &Opts) -> Result<()> {
             opts.runs,
             users.len() + 1
         ));
-        baton::client::create_account(&servers, &sink, load::PASSWORD, SETUP_LIMIT)
-            .await
-            .map_err(|e| anyhow::anyhow!("creating {sink}: {e}"))?;
-        let sessions = load::sessions(&servers, &users, SETUP_LIMIT).await?;
+        target.create_account(&sink, SETUP_LIMIT).await?;
+        let sessions = load::sessions(&target, &users, SETUP_LIMIT).await?;
         let leader = match &mut cluster {
             Some(c) => Some(c.wait_leader(Duration::from_secs(10)).await?),
             None => None,
