@@ -2,6 +2,8 @@
 //!
 //! Layout:
 //! - `config`: one `Config` from defaults, a TOML file and flags.
+//! - `abuse`: limits against abuse (failed logins, send rate, streams, per-connection limits), with their
+//!   defaults.
 //! - `error`: the error type and its mapping to gRPC status codes.
 //! - `store`: SQLite through Diesel: schema, rows, queries, `apply` (the replicated update log) and the
 //!   single writer thread with group commit.
@@ -12,6 +14,7 @@
 //!   `replication::engine`).
 //! - `grpc`: the `Chat` and `Replication` services, subscriptions and the wire conversions.
 
+pub mod abuse;
 pub mod chat;
 pub mod config;
 pub mod error;
@@ -24,7 +27,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use baton_proto::limits::GRPC_MAX_MESSAGE_BYTES;
+use baton_proto::limits::{GRPC_MAX_MESSAGE_BYTES, PEER_MAX_MESSAGE_BYTES};
 use baton_proto::v1 as pb;
 use baton_proto::v1::chat_server::ChatServer;
 use baton_proto::v1::replication_server::ReplicationServer;
@@ -53,6 +56,8 @@ pub struct Node {
     pub live: Arc<Live>,
     pub clock: Clock,
     pub session_ttl_ms: i64,
+    /// The counters behind the limits against abuse.
+    pub guard: abuse::Guard,
     /// Turns true when the server starts shutting down; long-lived streams end on it.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -213,6 +218,7 @@ pub async fn run(
         live,
         clock,
         session_ttl_ms: config.session_ttl_ms,
+        guard: abuse::Guard::new(config.limits.clone()),
         shutdown: stop_rx,
     });
 
@@ -231,8 +237,8 @@ pub async fn run(
     let peer_api = ReplicationServer::new(grpc::replication_service::ReplicationService::new(
         node.clone(),
     ))
-    .max_decoding_message_size(GRPC_MAX_MESSAGE_BYTES * 8)
-    .max_encoding_message_size(GRPC_MAX_MESSAGE_BYTES * 8);
+    .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES);
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down");
@@ -241,7 +247,9 @@ pub async fn run(
     if config.print_address {
         println!("listening on {address}");
     }
-    tonic::transport::Server::builder()
+    config
+        .limits
+        .server_builder()
         .add_service(chat)
         .add_service(peer_api)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)

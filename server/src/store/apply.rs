@@ -124,7 +124,12 @@ pub fn apply(
     update: &Update,
     out: &mut Vec<Notification>,
 ) -> Result<()> {
-    let (epoch, seq) = (update.epoch as i64, update.seq as i64);
+    let (Ok(epoch), Ok(seq)) = (i64::try_from(update.epoch), i64::try_from(update.seq)) else {
+        return Err(Error::invalid(format!(
+            "update position ({}, {}) is out of range",
+            update.epoch, update.seq
+        )));
+    };
     if epoch < state.epoch {
         return Err(Error::FailedPrecondition(format!(
             "update from epoch {epoch} is older than this replica's epoch {}",
@@ -152,6 +157,13 @@ pub fn apply(
     state.epoch = epoch;
     state.seq = seq;
     Ok(())
+}
+
+/// The id after `id`, the next one to hand out: an id at the very top of the range is refused rather than
+/// wrapped around (which would hand out ids already taken).
+fn next_id(what: &str, id: i64) -> Result<i64> {
+    id.checked_add(1)
+        .ok_or_else(|| Error::invalid(format!("{what} {id} is out of range")))
 }
 
 fn apply_op(
@@ -189,7 +201,7 @@ fn apply_op(
                     log_seq: seq,
                 })
                 .execute(conn)?;
-            state.next_user_id = state.next_user_id.max(u.user_id + 1);
+            state.next_user_id = state.next_user_id.max(next_id("user id", u.user_id)?);
         }
         Op::CreateSession(s) => {
             diesel::insert_into(sessions::table)
@@ -227,7 +239,9 @@ fn apply_op(
             diesel::insert_into(messages::table)
                 .values(&row)
                 .execute(conn)?;
-            state.next_message_id = state.next_message_id.max(m.message_id + 1);
+            state.next_message_id = state
+                .next_message_id
+                .max(next_id("message id", m.message_id)?);
             let sender = username(conn, m.sender_id)?;
             let recipient = if m.recipient_id == m.sender_id {
                 sender.clone()
@@ -277,8 +291,17 @@ fn apply_op(
                             "update deletes message {message_id}, which does not exist"
                         ))
                     })?;
+                let id = i64::try_from(i)
+                    .ok()
+                    .and_then(|i| d.first_deletion_id.checked_add(i))
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "deletion id {} + {i} is out of range",
+                            d.first_deletion_id
+                        ))
+                    })?;
                 let tomb = DeletedMessage {
-                    id: d.first_deletion_id + i as i64,
+                    id,
                     message_id,
                     sender_id: m.sender_id,
                     recipient_id: m.recipient_id,
@@ -290,7 +313,8 @@ fn apply_op(
                     .execute(conn)?;
                 diesel::delete(messages::table.find(message_id)).execute(conn)?;
                 redact(conn, m.log_seq)?;
-                state.next_deletion_id = state.next_deletion_id.max(tomb.id + 1);
+                state.next_deletion_id =
+                    state.next_deletion_id.max(next_id("deletion id", tomb.id)?);
                 views.push(DeletionView {
                     deletion_id: tomb.id,
                     message_id,

@@ -67,6 +67,21 @@ pub fn unread_count(conn: &mut SqliteConnection, user_id: i64, peer: Option<i64>
     Ok(q.count().get_result::<i64>(conn)? as u64)
 }
 
+/// Whether `sender` already sent a message under `client_message_id` (an idempotency key).
+pub fn has_client_message_id(
+    conn: &mut SqliteConnection,
+    sender: i64,
+    client_message_id: &str,
+) -> Result<bool> {
+    let found: Option<i64> = messages::table
+        .filter(messages::sender_id.eq(sender))
+        .filter(messages::client_message_id.eq(client_message_id))
+        .select(messages::id)
+        .first(conn)
+        .optional()?;
+    Ok(found.is_some())
+}
+
 /// The oldest unread messages to `user_id` (optionally only from `peer`).
 pub fn oldest_unread(
     conn: &mut SqliteConnection,
