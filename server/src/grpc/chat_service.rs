@@ -197,6 +197,7 @@ impl Chat for ChatService {
             ))
             .into());
         }
+        glob::check(&r.pattern).map_err(Error::InvalidArgument)?;
         let page_size = chat::check_page_size(r.page_size)?;
         let after = page_token_decode(&r.page_token)?;
         let like = glob::to_like(&r.pattern);
