@@ -160,13 +160,16 @@ pub fn check_batch(batch: &pb::UpdateBatch) -> Result<()> {
         )));
     }
     for (i, u) in batch.updates.iter().enumerate() {
-        let want = batch.prev_seq.checked_add(i as u64 + 1);
-        if Some(u.seq) != want {
+        let Some(want) = batch.prev_seq.checked_add(i as u64 + 1) else {
             return Err(Error::invalid(format!(
-                "update {i} of the batch has seq {}, but the batch follows seq {}, so it must be {}",
-                u.seq,
-                batch.prev_seq,
-                want.map_or("beyond the range".to_owned(), |w| w.to_string())
+                "a batch of updates cannot follow seq {}, the last there can be",
+                batch.prev_seq
+            )));
+        };
+        if u.seq != want {
+            return Err(Error::invalid(format!(
+                "update {i} of the batch has seq {}, but the batch follows seq {}, so it must be {want}",
+                u.seq, batch.prev_seq
             )));
         }
         if u.op.is_none() {
