@@ -308,6 +308,71 @@ mod tests {
         assert_eq!(describe_wait(Duration::from_secs(1)), "1 s");
     }
 
+    /// The help text states each default; it must be the one named here.
+    #[test]
+    fn the_help_states_the_defaults_named_here() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            options: Options,
+        }
+        let help = Cli::command().render_long_help().to_string();
+        let help: Vec<&str> = help.lines().map(str::trim).collect();
+        let defaults: [(&str, String); 12] = [
+            (
+                "login-account-free-failures",
+                DEFAULT_LOGIN_ACCOUNT_FREE_FAILURES.to_string(),
+            ),
+            (
+                "login-account-max-failures",
+                DEFAULT_LOGIN_ACCOUNT_MAX_FAILURES.to_string(),
+            ),
+            (
+                "login-account-lock-secs",
+                DEFAULT_LOGIN_ACCOUNT_LOCK_SECS.to_string(),
+            ),
+            (
+                "login-address-free-failures",
+                DEFAULT_LOGIN_ADDRESS_FREE_FAILURES.to_string(),
+            ),
+            (
+                "login-address-max-failures",
+                DEFAULT_LOGIN_ADDRESS_MAX_FAILURES.to_string(),
+            ),
+            (
+                "login-address-lock-secs",
+                DEFAULT_LOGIN_ADDRESS_LOCK_SECS.to_string(),
+            ),
+            ("login-delay-ms", DEFAULT_LOGIN_DELAY_MS.to_string()),
+            (
+                "messages-per-second",
+                DEFAULT_MESSAGES_PER_SECOND.to_string(),
+            ),
+            ("message-burst", DEFAULT_MESSAGE_BURST.to_string()),
+            ("streams-per-user", DEFAULT_STREAMS_PER_USER.to_string()),
+            (
+                "streams-per-connection",
+                DEFAULT_STREAMS_PER_CONNECTION.to_string(),
+            ),
+            (
+                "request-timeout-secs",
+                DEFAULT_REQUEST_TIMEOUT_SECS.to_string(),
+            ),
+        ];
+        for (flag, default) in defaults {
+            let at = help
+                .iter()
+                .position(|l| l.starts_with(&format!("--{flag} ")))
+                .unwrap_or_else(|| panic!("--{flag} is not in the help"));
+            assert!(
+                help[at + 1].ends_with(&format!("[default: {default}]")),
+                "--{flag}: {:?} should end with [default: {default}]",
+                help[at + 1]
+            );
+        }
+    }
+
     #[test]
     fn the_defaults_are_valid_and_generous() {
         let l = Limits::default();
