@@ -152,7 +152,7 @@ async fn install(node: &Arc<Node>, path: &std::path::Path) -> Result<()> {
 
 /// Checks a batch's shape, whoever sent it: a bounded number of updates, each with an operation and from
 /// no later epoch than the batch's, numbered on from `prev_seq` without a gap.
-pub fn check_batch(batch: &pb::UpdateBatch) -> Result<()> {
+fn check_batch(batch: &pb::UpdateBatch) -> Result<()> {
     if batch.updates.len() > PEER_BATCH_MAX_UPDATES {
         return Err(Error::invalid(format!(
             "a batch of {} updates; at most {PEER_BATCH_MAX_UPDATES} are accepted",
