@@ -21,3 +21,5 @@ pub const LEADER_HINT: &str = "baton-leader";
 pub const LEADER_ID_HINT: &str = "baton-leader-id";
 /// Metadata carrying the cluster secret on peer RPCs.
 pub const CLUSTER_SECRET: &str = "baton-cluster-secret";
+/// Metadata set on RESOURCE_EXHAUSTED: how many milliseconds to wait before trying again.
+pub const RETRY_AFTER_MS: &str = "baton-retry-after-ms";

@@ -24,6 +24,24 @@ pub const DELETE_IDS_MAX: usize = 500;
 /// Largest encoded gRPC message a server or client accepts.
 pub const GRPC_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
+// The peer API (server to server). The server's configurable limits against abuse (failed logins, send
+// rate, streams) are not wire limits: their defaults are in `baton_server::abuse`.
+
+/// Largest encoded message on the peer API (a batch of updates, a snapshot chunk).
+pub const PEER_MAX_MESSAGE_BYTES: usize = 8 * GRPC_MAX_MESSAGE_BYTES;
+/// Updates in one replication batch (pushed, or a catch-up chunk): a leader sends at most this many and a
+/// follower refuses a batch with more.
+pub const PEER_BATCH_MAX_UPDATES: usize = 512;
+/// Encoded bytes of the updates in one batch: a leader ends a batch before it would pass this (a batch
+/// holds at least one update), well under `PEER_MAX_MESSAGE_BYTES`.
+pub const PEER_BATCH_MAX_BYTES: usize = 4 * GRPC_MAX_MESSAGE_BYTES;
+/// Snapshot bytes per `RegisterChunk`.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
+/// Message ids per replicated `MarkMessagesRead` or `DeleteMessages` update, and so per `ReadReceipt`
+/// event: a larger change (an account's every message) is split into several updates, so that no single
+/// update or event grows without bound.
+pub const IDS_PER_UPDATE_MAX: usize = 500;
+
 /// Whether `c` may appear in a username.
 pub fn is_username_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')

@@ -75,10 +75,12 @@ pub struct Flags {
     /// cluster secret; clients need none.
     #[arg(long)]
     pub peer_mtls: bool,
+    #[command(flatten)]
+    pub limits: crate::abuse::Options,
 }
 
 /// `HOST:PORT` with a non-empty host and a numeric port.
-fn is_host_port(s: &str) -> bool {
+pub(crate) fn is_host_port(s: &str) -> bool {
     s.rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
@@ -108,7 +110,8 @@ pub enum SyncMode {
     Normal,
 }
 
-/// The TOML file: the same settings as the flags, by the same names with `_`.
+/// The TOML file: the same settings as the flags, by the same names with `_`; the limits against abuse in a
+/// `[limits]` table.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
@@ -131,6 +134,7 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub tls_ca: Option<PathBuf>,
     pub peer_mtls: Option<bool>,
+    pub limits: Option<crate::abuse::Options>,
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +167,7 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// None: plain text.
     pub tls: Option<crate::tls::TlsSettings>,
+    pub limits: crate::abuse::Limits,
 }
 
 /// Environment variable holding the cluster secret (instead of a file).
@@ -282,6 +287,10 @@ impl Config {
             advertise: flags.advertise.or(file.advertise),
             cluster,
             tls,
+            limits: crate::abuse::Limits::from_options(
+                &flags.limits,
+                &file.limits.unwrap_or_default(),
+            ),
         };
         config.validate()?;
         Ok(config)
@@ -372,6 +381,7 @@ impl Config {
                 "--advertise {a:?} must be HOST:PORT"
             )));
         }
+        self.limits.validate().map_err(ConfigError::Invalid)?;
         if self.session_ttl_ms <= 0 {
             return Err(ConfigError::Invalid(
                 "--session-ttl-secs must be at least 1".into(),
@@ -507,6 +517,53 @@ mod tests {
         };
         let err = Config::load(join).unwrap_err().to_string();
         assert!(err.contains("HOST:PORT"), "{err}");
+    }
+
+    #[test]
+    fn limits_come_from_their_table_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.toml");
+        std::fs::write(
+            &path,
+            "id = 2\n[limits]\nmessages_per_second = 50\nstreams_per_user = 3\n",
+        )
+        .unwrap();
+        let flags = Flags::try_parse_from([
+            "baton-server",
+            "--config",
+            path.to_str().unwrap(),
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--streams-per-user",
+            "4",
+            "--login-account-lock-secs",
+            "5",
+        ])
+        .unwrap();
+        let c = Config::load(flags).unwrap();
+        assert_eq!(c.id, 2);
+        assert_eq!(c.limits.messages_per_second, 50);
+        assert_eq!(c.limits.streams_per_user, 4);
+        assert_eq!(c.limits.login.account.lock.as_secs(), 5);
+
+        std::fs::write(&path, "[limits]\nmessages_per_secnd = 50\n").unwrap();
+        let err = Config::load(Flags {
+            config: Some(path.clone()),
+            data_dir: Some(dir.path().into()),
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("messages_per_secnd"), "{err}");
+        let err = Config::load(Flags {
+            data_dir: Some(dir.path().into()),
+            limits: crate::abuse::Options {
+                streams_per_user: Some(0),
+                ..Default::default()
+            },
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("--streams-per-user"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! - `config`: one `Config` from defaults, a TOML file and flags.
 //! - `tls`: the node's certificate, key and cluster CA, checked at start-up; `certs`: the `certs`
 //!   subcommand, a CA and node certificates for a test cluster.
+//! - `abuse`: limits against abuse (failed logins, send rate, streams, per-connection limits), with their
+//!   defaults.
 //! - `error`: the error type and its mapping to gRPC status codes.
 //! - `store`: SQLite through Diesel: schema, rows, queries, `apply` (the replicated update log) and the
 //!   single writer thread with group commit.
@@ -15,6 +17,7 @@
 //! - `grpc`: the `Chat` and `Replication` services, health checking, subscriptions and the wire
 //!   conversions. Server reflection (both protos) is served beside them on the same port.
 
+pub mod abuse;
 pub mod certs;
 pub mod chat;
 pub mod config;
@@ -29,7 +32,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use baton_proto::limits::GRPC_MAX_MESSAGE_BYTES;
+use baton_proto::limits::{GRPC_MAX_MESSAGE_BYTES, PEER_MAX_MESSAGE_BYTES};
 use baton_proto::v1 as pb;
 use baton_proto::v1::chat_server::ChatServer;
 use baton_proto::v1::replication_server::ReplicationServer;
@@ -57,6 +60,8 @@ pub struct Node {
     pub live: Arc<Live>,
     pub clock: Clock,
     pub session_ttl_ms: i64,
+    /// The counters behind the limits against abuse.
+    pub guard: abuse::Guard,
     /// Turns true when the server starts shutting down; long-lived streams end on it.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -222,6 +227,7 @@ pub async fn run(
         live,
         clock,
         session_ttl_ms: config.session_ttl_ms,
+        guard: abuse::Guard::new(config.limits.clone()),
         shutdown: stop_rx,
     });
 
@@ -240,8 +246,8 @@ pub async fn run(
     let peer_api = ReplicationServer::new(grpc::replication_service::ReplicationService::new(
         node.clone(),
     ))
-    .max_decoding_message_size(GRPC_MAX_MESSAGE_BYTES * 8)
-    .max_encoding_message_size(GRPC_MAX_MESSAGE_BYTES * 8);
+    .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES);
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down");
@@ -266,7 +272,7 @@ pub async fn run(
     let reflection_v1 = reflection().build_v1().map_err(reflection_err)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_err)?;
 
-    let mut server = tonic::transport::Server::builder();
+    let mut server = config.limits.server_builder();
     match &config.tls {
         Some(tls) => {
             server = server.tls_config(tls.server_config()).map_err(|e| {

@@ -106,21 +106,23 @@ impl Live {
             .is_some_and(|n| *n > 0)
     }
 
-    /// Marks `user_id` online until the returned guard drops.
-    pub fn go_online(self: &Arc<Self>, user_id: i64) -> OnlineGuard {
-        *self
-            .online
-            .lock()
-            .expect("presence lock")
-            .entry(user_id)
-            .or_default() += 1;
-        OnlineGuard {
+    /// Marks `user_id` online (one more open stream) until the returned guard drops, unless it already
+    /// holds `max` open streams.
+    pub fn go_online(self: &Arc<Self>, user_id: i64, max: usize) -> Option<OnlineGuard> {
+        let mut online = self.online.lock().expect("presence lock");
+        let open = online.entry(user_id).or_default();
+        if *open >= max {
+            return None;
+        }
+        *open += 1;
+        Some(OnlineGuard {
             live: self.clone(),
             user_id,
-        }
+        })
     }
 }
 
+/// One open stream of a user; the user is online while any is held.
 pub struct OnlineGuard {
     live: Arc<Live>,
     user_id: i64,

@@ -159,6 +159,7 @@ fn sanitize_one_line_expanding_tabs(line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn escape_sequences_are_shown_not_interpreted() {
@@ -222,6 +223,123 @@ mod tests {
         assert_eq!(sanitize_text("日\tx"), vec!["日  x"]);
         assert_eq!(sanitize_text("lone\rcr"), vec!["lone␍cr"]);
         assert_eq!(sanitize_text(""), vec![""]);
+    }
+
+    /// Characters that must never reach the terminal as they are (or only in an emoji sequence, for the
+    /// joiner).
+    fn is_bidi_control(c: char) -> bool {
+        matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+
+    fn assert_safe(out: &str) -> Result<(), TestCaseError> {
+        let chars: Vec<char> = out.chars().collect();
+        for (i, &c) in chars.iter().enumerate() {
+            prop_assert!(!c.is_control(), "control {c:?} in {out:?}");
+            prop_assert!(!is_bidi_control(c), "bidi control {c:?} in {out:?}");
+            if c == '\u{200d}' {
+                let before = chars[..i]
+                    .iter()
+                    .rev()
+                    .find(|&&p| !matches!(p, '\u{fe0f}' | '\u{e0020}'..='\u{e007f}'));
+                prop_assert!(
+                    before.is_some_and(|&p| is_pictographic(p))
+                        && chars.get(i + 1).is_some_and(|&n| is_pictographic(n)),
+                    "a joiner outside an emoji sequence in {out:?}"
+                );
+            } else {
+                prop_assert!(!is_zero_width(c), "zero-width {c:?} in {out:?}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Text as a hostile sender might write it: any characters, with the troublesome ones often.
+    fn hostile() -> impl Strategy<Value = String> {
+        const TROUBLE: &[char] = &[
+            '\0',
+            '\x07',
+            '\t',
+            '\n',
+            '\r',
+            '\x1b',
+            '\x7f',
+            '\u{85}',
+            '\u{9b}',
+            '\u{61c}',
+            '\u{200b}',
+            '\u{200c}',
+            '\u{200d}',
+            '\u{200e}',
+            '\u{202e}',
+            '\u{2066}',
+            '\u{2069}',
+            '\u{2060}',
+            '\u{feff}',
+            '\u{180e}',
+            '\u{fe0f}',
+            '\u{e0020}',
+            '\u{301}',
+            '\u{2028}',
+            '👩',
+            '🏳',
+            '❤',
+            '日',
+            'é',
+            'a',
+            ' ',
+            '[',
+        ];
+        proptest::collection::vec(
+            prop_oneof![
+                3 => proptest::sample::select(TROUBLE),
+                1 => any::<char>(),
+            ],
+            0..40,
+        )
+        .prop_map(|cs| cs.into_iter().collect())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn nothing_dangerous_reaches_the_terminal(s in hostile()) {
+            assert_safe(&sanitize_line(&s))?;
+            prop_assert!(!sanitize_line(&s).contains('\n'));
+            for line in sanitize_text(&s) {
+                assert_safe(&line)?;
+            }
+        }
+
+        #[test]
+        fn sanitizing_twice_changes_nothing(s in hostile()) {
+            let once = sanitize_line(&s);
+            prop_assert_eq!(sanitize_line(&once), once.clone());
+            for line in sanitize_text(&s) {
+                prop_assert_eq!(sanitize_text(&line), vec![line.clone()]);
+            }
+        }
+
+        /// Each character becomes at most an eight-column stand-in (`<U+202E>`), a tab at most a tab stop.
+        #[test]
+        fn display_width_is_bounded(s in hostile()) {
+            let n = s.chars().count();
+            prop_assert!(sanitize_line(&s).width() <= 8 * n);
+            let widest = sanitize_text(&s).iter().map(|l| l.width()).max().unwrap_or(0);
+            prop_assert!(widest <= 8 * n);
+        }
+
+        #[test]
+        fn text_keeps_its_line_breaks(s in hostile()) {
+            let breaks = s.replace("\r\n", "\n").matches('\n').count();
+            prop_assert_eq!(sanitize_text(&s).len(), breaks + 1);
+        }
+
+        #[test]
+        fn plain_text_is_untouched(s in "[a-zA-Z0-9 .,:;!?'\"()éßøæ日本語한국어👍🎉]{0,30}") {
+            prop_assert_eq!(sanitize_line(&s), s.clone());
+            prop_assert_eq!(sanitize_text(&s), vec![s]);
+        }
     }
 
     #[test]

@@ -112,13 +112,15 @@ pub fn delete_session(ctx: &mut WriteCtx<'_>, caller: &Caller) -> Result<()> {
     }))
 }
 
+/// Stores a message, or finds the one already stored under the same `client_message_id`; returns it and
+/// whether it is new.
 pub fn send_message(
     ctx: &mut WriteCtx<'_>,
     caller: &Caller,
     recipient: &str,
     body: &str,
     client_message_id: &str,
-) -> Result<MessageView> {
+) -> Result<(MessageView, bool)> {
     require_session(ctx, caller)?;
     let to = peer_by_name(ctx.conn(), recipient)?;
     if !client_message_id.is_empty() {
@@ -129,7 +131,10 @@ pub fn send_message(
                     "client_message_id {client_message_id:?} was already used for a different message"
                 )));
             }
-            return Ok(MessageView::new(m, caller.username.clone(), to.username));
+            return Ok((
+                MessageView::new(m, caller.username.clone(), to.username),
+                false,
+            ));
         }
     }
     let row = Message {
@@ -150,14 +155,21 @@ pub fn send_message(
         sent_at_ms: row.sent_at_ms,
         client_message_id: row.client_message_id.clone(),
     }))?;
-    Ok(MessageView::new(row, caller.username.clone(), to.username))
+    Ok((
+        MessageView::new(row, caller.username.clone(), to.username),
+        true,
+    ))
 }
 
+/// Marks messages read: one update per `IDS_PER_UPDATE_MAX` ids, so that no update (nor the read receipt
+/// it becomes) grows without bound.
 fn mark(ctx: &mut WriteCtx<'_>, ids: Vec<i64>) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
+    for chunk in ids.chunks(limits::IDS_PER_UPDATE_MAX) {
+        ctx.emit(Op::MarkRead(MarkMessagesRead {
+            message_ids: chunk.to_vec(),
+        }))?;
     }
-    ctx.emit(Op::MarkRead(MarkMessagesRead { message_ids: ids }))
+    Ok(())
 }
 
 /// Reads (and marks read) the oldest `limit` unread messages to the caller; returns them and how many
@@ -224,17 +236,19 @@ pub fn delete_messages(ctx: &mut WriteCtx<'_>, caller: &Caller, ids: &[i64]) -> 
     Ok(visible)
 }
 
+/// Deletes messages, leaving tombstones: one update per `IDS_PER_UPDATE_MAX` ids (an account with a
+/// million messages must not become one update too large to replicate).
 fn delete_ids(ctx: &mut WriteCtx<'_>, deleted_by: i64, ids: Vec<i64>) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
+    for chunk in ids.chunks(limits::IDS_PER_UPDATE_MAX) {
+        let op = Op::DeleteMessages(DeleteMessages {
+            message_ids: chunk.to_vec(),
+            first_deletion_id: ctx.state().next_deletion_id,
+            deleted_by,
+            deleted_at_ms: ctx.now_ms(),
+        });
+        ctx.emit(op)?;
     }
-    let op = Op::DeleteMessages(DeleteMessages {
-        message_ids: ids,
-        first_deletion_id: ctx.state().next_deletion_id,
-        deleted_by,
-        deleted_at_ms: ctx.now_ms(),
-    });
-    ctx.emit(op)
+    Ok(())
 }
 
 /// Deletes the caller's account, whose password the caller has verified against `password_hash`. Every

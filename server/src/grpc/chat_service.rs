@@ -2,6 +2,7 @@
 //! and converts the answer.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use baton_proto::v1 as pb;
 use baton_proto::v1::chat_server::Chat;
@@ -11,6 +12,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, id_from_wire};
 use super::subscribe;
 use crate::Node;
+use crate::abuse::{self, Guard};
 use crate::chat::{self, Caller, auth, glob};
 use crate::error::{Error, Result};
 use crate::store::queries;
@@ -113,11 +115,19 @@ impl Chat for ChatService {
         req: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
         self.node.replication.check_leader(true)?;
+        let address = abuse::client_ip(&req);
         let pb::LoginRequest { username, password } = req.into_inner();
         check_peer_name("username", &username)?;
         if password.chars().count() > limits::PASSWORD_MAX_CHARS {
             return Err(Error::invalid("password is longer than any password can be").into());
         }
+        // Counted as a failure from here (an unknown name included) unless the password turns out right.
+        let attempt = self
+            .node
+            .guard
+            .logins
+            .begin(&username, address, Instant::now())
+            .map_err(|r| Guard::login_refused(&r))?;
         let name = username.clone();
         let user = self
             .node
@@ -129,6 +139,7 @@ impl Chat for ChatService {
         if !auth::verify_password_limited(password, stored).await? {
             return Err(Error::unauthenticated("wrong password").into());
         }
+        self.node.guard.logins.succeeded(attempt);
         let (token, token_hash) = auth::new_token()?;
         let ttl = self.node.session_ttl_ms;
         let login_user = user.clone();
@@ -180,6 +191,7 @@ impl Chat for ChatService {
             ))
             .into());
         }
+        glob::check(&r.pattern).map_err(Error::InvalidArgument)?;
         let page_size = chat::check_page_size(r.page_size)?;
         let after = page_token_decode(&r.page_token)?;
         let like = glob::to_like(&r.pattern);
@@ -223,13 +235,34 @@ impl Chat for ChatService {
             ))
             .into());
         }
-        let m = self
+        let session = caller.token_hash.clone();
+        let charged = match self.node.guard.sends.take(&session, Instant::now()) {
+            Ok(()) => true,
+            Err(wait) => {
+                // Over the rate; but a repeat of an accepted message still gets its original answer.
+                let (me, key) = (caller.user_id, r.client_message_id.clone());
+                let repeat = !key.is_empty()
+                    && self
+                        .node
+                        .readers
+                        .run(move |conn| queries::has_client_message_id(conn, me, &key))
+                        .await?;
+                if !repeat {
+                    return Err(self.node.guard.send_refused(wait));
+                }
+                false
+            }
+        };
+        let (m, new) = self
             .node
             .writer
             .write(move |ctx| {
                 chat::send_message(ctx, &caller, &r.recipient, &r.body, &r.client_message_id)
             })
             .await?;
+        if charged && !new {
+            self.node.guard.sends.refund(&session);
+        }
         Ok(Response::new(convert::message(m)))
     }
 
@@ -370,10 +403,19 @@ impl Chat for ChatService {
     ) -> Result<Response<pb::DeleteAccountResponse>, Status> {
         self.node.replication.check_leader(true)?;
         let caller = self.caller(&req)?;
+        let address = abuse::client_ip(&req);
         let password = req.into_inner().password;
         if password.chars().count() > limits::PASSWORD_MAX_CHARS {
             return Err(Error::unauthenticated("wrong password").into());
         }
+        // A stolen session must not become a way to guess the password: a wrong one here counts as a
+        // failed login.
+        let attempt = self
+            .node
+            .guard
+            .logins
+            .begin(&caller.username, address, Instant::now())
+            .map_err(|r| Guard::login_refused(&r))?;
         let me = caller.user_id;
         let user = self
             .node
@@ -385,6 +427,7 @@ impl Chat for ChatService {
         if !auth::verify_password_limited(password, stored).await? {
             return Err(Error::unauthenticated("wrong password").into());
         }
+        self.node.guard.logins.succeeded(attempt);
         let deleted_messages = self
             .node
             .writer
@@ -404,6 +447,12 @@ impl Chat for ChatService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         self.node.replication.check_leader(false)?;
         let caller = self.caller(&req)?;
+        let max = self.node.guard.limits.streams_per_user as usize;
+        let online = self
+            .node
+            .live
+            .go_online(caller.user_id, max)
+            .ok_or_else(|| self.node.guard.stream_refused(&caller.username))?;
         let r = req.into_inner();
         let since_message = id_from_wire(r.since_message_id).unwrap_or(i64::MAX);
         let since_deletion = r
@@ -414,6 +463,7 @@ impl Chat for ChatService {
             caller,
             since_message,
             since_deletion,
+            online,
         )))
     }
 

@@ -13,6 +13,7 @@ use tonic::Status;
 use super::convert;
 use crate::Node;
 use crate::chat::Caller;
+use crate::live::OnlineGuard;
 use crate::store::apply::Notification;
 use crate::store::{apply, queries};
 
@@ -30,11 +31,13 @@ pub fn start(
     caller: Caller,
     since_message: i64,
     since_deletion: Option<i64>,
+    online: OnlineGuard,
 ) -> EventStream {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let events = node.live.subscribe();
     tokio::spawn(async move {
-        let _online = node.live.go_online(caller.user_id);
+        // Held for the life of the stream: it counts towards the user's open streams and presence.
+        let _online = online;
         let mut sub = Subscriber {
             node,
             caller,

@@ -1,10 +1,15 @@
 //! The follower's side: registering with a leader (applying its catch-up entries, or receiving and
 //! installing a snapshot), then applying the batches it pushes through `AcceptUpdates`, acknowledging each
-//! once durable. Updates from an epoch below this node's promise are refused.
+//! once durable. A batch is refused, ending the stream with a status that says why, when it is malformed
+//! (too many updates, not contiguous, an update without an operation or from a later epoch:
+//! INVALID_ARGUMENT), from an epoch below this node's promise or from a leader it has not registered with
+//! (FAILED_PRECONDITION), or when an update in it cannot be applied here (FAILED_PRECONDITION); nothing
+//! of a refused batch is applied.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use baton_proto::limits::{PEER_BATCH_MAX_UPDATES, PEER_MAX_MESSAGE_BYTES};
 use baton_proto::v1 as pb;
 use baton_proto::v1::replication_client::ReplicationClient;
 use sha2::{Digest, Sha256};
@@ -25,8 +30,8 @@ const REGISTRATION_WAIT: Duration = Duration::from_secs(10);
 pub async fn register(node: &Arc<Node>, leader_id: u64, epoch: u64, address: &str) -> Result<()> {
     let rep = &node.replication;
     let channel = node.peers.channel(address)?;
-    let mut client = ReplicationClient::new(channel)
-        .max_decoding_message_size(baton_proto::limits::GRPC_MAX_MESSAGE_BYTES * 8);
+    let mut client =
+        ReplicationClient::new(channel).max_decoding_message_size(PEER_MAX_MESSAGE_BYTES);
     let (applied_epoch, applied_seq) = rep.applied();
     let req = pb::RegisterRequest {
         node_id: rep.id,
@@ -49,6 +54,7 @@ pub async fn register(node: &Arc<Node>, leader_id: u64, epoch: u64, address: &st
         still_following(node, leader_id, epoch)?;
         match chunk.kind {
             Some(pb::register_chunk::Kind::Updates(batch)) => {
+                check_batch(&batch)?;
                 apply_batch(node, batch.updates).await?;
             }
             Some(pb::register_chunk::Kind::SnapshotData(data)) => {
@@ -145,6 +151,44 @@ async fn install(node: &Arc<Node>, path: &std::path::Path) -> Result<()> {
         .await
 }
 
+/// Checks a batch's shape, whoever sent it: a bounded number of updates, each with an operation and from
+/// no later epoch than the batch's, numbered on from `prev_seq` without a gap.
+fn check_batch(batch: &pb::UpdateBatch) -> Result<()> {
+    if batch.updates.len() > PEER_BATCH_MAX_UPDATES {
+        return Err(Error::invalid(format!(
+            "a batch of {} updates; at most {PEER_BATCH_MAX_UPDATES} are accepted",
+            batch.updates.len()
+        )));
+    }
+    for (i, u) in batch.updates.iter().enumerate() {
+        let Some(want) = batch.prev_seq.checked_add(i as u64 + 1) else {
+            return Err(Error::invalid(format!(
+                "a batch of updates cannot follow seq {}, the last there can be",
+                batch.prev_seq
+            )));
+        };
+        if u.seq != want {
+            return Err(Error::invalid(format!(
+                "update {i} of the batch has seq {}, but the batch follows seq {}, so it must be {want}",
+                u.seq, batch.prev_seq
+            )));
+        }
+        if u.op.is_none() {
+            return Err(Error::invalid(format!(
+                "update at seq {} has no operation",
+                u.seq
+            )));
+        }
+        if u.epoch > batch.epoch {
+            return Err(Error::invalid(format!(
+                "update at seq {} is from epoch {}, later than the batch's epoch {}",
+                u.seq, u.epoch, batch.epoch
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Applies entries in order, skipping those already applied; a gap is an error (re-register).
 async fn apply_batch(node: &Arc<Node>, updates: Vec<pb::Update>) -> Result<(u64, u64)> {
     queue_batch(node, updates).await?.await
@@ -165,11 +209,19 @@ async fn queue_batch(
                     }
                     if u.seq != seq + 1 {
                         return Err(Error::FailedPrecondition(format!(
-                            "gap in the log: have {seq}, got {}",
+                            "gap in the log: this node has applied up to seq {seq}, the batch starts at {}",
                             u.seq
                         )));
                     }
-                    ctx.apply(u)?;
+                    let at = u.seq;
+                    ctx.apply(u).map_err(|e| match e {
+                        Error::InvalidArgument(m) => {
+                            Error::invalid(format!("update at seq {at}: {m}"))
+                        }
+                        e => Error::FailedPrecondition(format!(
+                            "update at seq {at} cannot be applied here: {e}"
+                        )),
+                    })?;
                 }
                 Ok((ctx.state().epoch as u64, ctx.state().seq as u64))
             },
@@ -182,6 +234,12 @@ pub type AckStream = ReceiverStream<Result<pb::UpdateAck, Status>>;
 
 /// A queued batch's outcome: the position after it.
 type Applying = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u64, u64)>> + Send>>;
+
+/// A refused batch, as the status that ends the stream.
+fn refusal(e: Error) -> Status {
+    tracing::warn!(error = %e, "refused a batch of updates");
+    e.into()
+}
 
 /// Handles `AcceptUpdates`: batches are applied in order, pipelined through the writer (which merges those
 /// waiting into one commit), and acknowledged in order.
@@ -198,13 +256,7 @@ pub fn accept(node: Arc<Node>, mut batches: Streaming<pb::UpdateBatch>) -> AckSt
                     error: String::new(),
                 },
                 Err(e) => {
-                    let _ = acks
-                        .send(Ok(pb::UpdateAck {
-                            applied_epoch: 0,
-                            applied_seq: 0,
-                            error: e.to_string(),
-                        }))
-                        .await;
+                    let _ = acks.send(Err(refusal(e))).await;
                     return;
                 }
             };
@@ -215,6 +267,8 @@ pub fn accept(node: Arc<Node>, mut batches: Streaming<pb::UpdateBatch>) -> AckSt
     });
     tokio::spawn(async move {
         let mut first = true;
+        // The leader and epoch this stream was admitted for, once it was.
+        let mut admitted: Option<(u64, u64)> = None;
         let mut shutdown = node.shutdown.clone();
         loop {
             let batch = tokio::select! {
@@ -225,17 +279,16 @@ pub fn accept(node: Arc<Node>, mut batches: Streaming<pb::UpdateBatch>) -> AckSt
                 Some(Ok(b)) => b,
                 _ => break,
             };
-            if let Err(e) = admit(&node, &batch, first).await {
-                let _ = tx
-                    .send(Ok(pb::UpdateAck {
-                        applied_epoch: 0,
-                        applied_seq: 0,
-                        error: e.to_string(),
-                    }))
-                    .await;
+            let checked = match check_batch(&batch) {
+                Ok(()) => admit(&node, &batch, first).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = checked {
+                let _ = tx.send(Err(refusal(e))).await;
                 break;
             }
             first = false;
+            admitted = Some((batch.leader_id, batch.epoch));
             // Queued here, in the order received; the acknowledgements wait for them in the same order.
             let applying: Applying = match queue_batch(&node, batch.updates).await {
                 Ok(f) => Box::pin(f),
@@ -245,10 +298,16 @@ pub fn accept(node: Arc<Node>, mut batches: Streaming<pb::UpdateBatch>) -> AckSt
                 break;
             }
         }
-        // The leader's stream ended: it must register us again before pushing more.
-        let mut st = node.replication.state();
-        if st.role == Role::Follower {
-            st.registered_epoch = 0;
+        // The stream of the leader this node is registered with ended: that leader must register it again
+        // before pushing more. A stream that was never admitted (a stale or stray sender) changes nothing.
+        if let Some((leader_id, epoch)) = admitted {
+            let mut st = node.replication.state();
+            if st.role == Role::Follower
+                && st.leader_id == leader_id
+                && st.registered_epoch == epoch
+            {
+                st.registered_epoch = 0;
+            }
         }
     });
     ReceiverStream::new(rx)
@@ -272,22 +331,30 @@ async fn admit(node: &Arc<Node>, batch: &pb::UpdateBatch, first: bool) -> Result
                     batch.epoch, st.promised_epoch
                 )));
             }
-            if st.role == Role::Follower
+            let following = st.role == Role::Follower
                 && st.leader_id == batch.leader_id
-                && st.epoch == batch.epoch
-                && st.registered_epoch == batch.epoch
-            {
+                && st.epoch == batch.epoch;
+            if following && st.registered_epoch == batch.epoch {
                 st.last_leader_contact = Instant::now();
                 st.leader_refused = false;
                 return Ok(());
             }
+            // Only the leader this node follows can be about to finish registering it; anyone else is
+            // refused at once.
+            if !following {
+                return Err(not_registered(rep.id, batch));
+            }
         }
         if Instant::now() >= deadline {
-            return Err(Error::FailedPrecondition(format!(
-                "node {} is not registered with leader {} of epoch {}",
-                rep.id, batch.leader_id, batch.epoch
-            )));
+            return Err(not_registered(rep.id, batch));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+fn not_registered(id: u64, batch: &pb::UpdateBatch) -> Error {
+    Error::FailedPrecondition(format!(
+        "node {id} is not registered with leader {} of epoch {}",
+        batch.leader_id, batch.epoch
+    ))
 }

@@ -9,6 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use baton_proto::limits::{
+    PEER_BATCH_MAX_BYTES, PEER_BATCH_MAX_UPDATES, PEER_MAX_MESSAGE_BYTES, SNAPSHOT_CHUNK_BYTES,
+};
 use baton_proto::v1 as pb;
 use baton_proto::v1::replication_client::ReplicationClient;
 use baton_proto::v1::update::Op;
@@ -25,10 +28,10 @@ use crate::store::models::Member;
 use crate::store::{self, queries};
 
 /// Entries per `AcceptUpdates` batch and per catch-up chunk.
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = PEER_BATCH_MAX_UPDATES;
 /// Batches sent to a follower before waiting for its acknowledgement.
 const MAX_IN_FLIGHT: usize = 4;
-const SNAPSHOT_CHUNK: usize = 256 * 1024;
+const SNAPSHOT_CHUNK: usize = SNAPSHOT_CHUNK_BYTES;
 
 pub type RegisterStream = ReceiverStream<Result<pb::RegisterChunk, Status>>;
 
@@ -37,10 +40,17 @@ pub async fn register(node: Arc<Node>, req: pb::RegisterRequest) -> Result<Regis
     let rep = node.replication.clone();
     rep.check_leader(false)?;
     let fid = req.node_id;
-    if fid == rep.id || fid == 0 {
+    let max_id = super::engine::MAX_NODE_ID;
+    if fid == rep.id || fid == 0 || fid > max_id {
         return Err(Status::invalid_argument(format!(
-            "node id {fid} cannot follow node {}",
+            "node id {fid} cannot follow node {}: ids are 1 to {max_id}, each its own",
             rep.id
+        )));
+    }
+    if !crate::config::is_host_port(&req.address) {
+        return Err(Status::invalid_argument(format!(
+            "follower address {:?} must be HOST:PORT",
+            req.address
         )));
     }
     check_membership(&rep, fid, &req.address, req.joining)?;
@@ -166,7 +176,8 @@ async fn catch_up(
         let updates = node
             .readers
             .run(move |conn| queries::log_from(conn, from, MAX_BATCH as u32))
-            .await?;
+            .await
+            .map(within_budget)?;
         let Some(last) = updates.last().map(|u| u.seq as i64) else {
             return Ok((next - 1) as u64);
         };
@@ -327,8 +338,8 @@ async fn replicate(
     let timeout = rep.settings.replica_timeout;
     let channel = node.peers.channel(address)?;
     let mut client = ReplicationClient::new(channel)
-        .max_decoding_message_size(baton_proto::limits::GRPC_MAX_MESSAGE_BYTES * 8)
-        .max_encoding_message_size(baton_proto::limits::GRPC_MAX_MESSAGE_BYTES * 8);
+        .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel::<pb::UpdateBatch>(MAX_IN_FLIGHT * 2);
     let call = client.accept_updates(rep.peer_request(ReceiverStream::new(rx)));
     let mut acks = tokio::time::timeout(timeout, call)
@@ -400,11 +411,31 @@ async fn replicate(
 /// The next entries for a follower: from memory when recent, else from the log.
 async fn entries_from(node: &Arc<Node>, from: u64) -> Result<Vec<pb::Update>> {
     if let Some(entries) = node.replication.tail_from(from, MAX_BATCH) {
-        return Ok(entries.iter().map(|u| (**u).clone()).collect());
+        return Ok(within_budget(
+            entries.iter().map(|u| (**u).clone()).collect(),
+        ));
     }
     node.readers
         .run(move |conn| queries::log_from(conn, from as i64, MAX_BATCH as u32))
         .await
+        .map(within_budget)
+}
+
+/// The leading updates whose encoded size stays within `PEER_BATCH_MAX_BYTES` (at least one), so that a
+/// batch always fits the peer API's message limit; the rest go in the next batch.
+fn within_budget(mut updates: Vec<pb::Update>) -> Vec<pb::Update> {
+    use prost::Message as _;
+    let mut total = 0usize;
+    let keep = updates
+        .iter()
+        .position(|u| {
+            total += u.encoded_len();
+            total > PEER_BATCH_MAX_BYTES
+        })
+        .unwrap_or(updates.len())
+        .max(1);
+    updates.truncate(keep);
+    updates
 }
 
 async fn on_ack(node: &Arc<Node>, fid: u64, acked: u64, generation: u64) {

@@ -55,6 +55,17 @@ pub fn open_writer(path: &Path, sync: SyncMode) -> Result<SqliteConnection> {
     Ok(conn)
 }
 
+/// A migrated database in memory with the pragmas the store's rules rely on (foreign keys), for tests.
+#[cfg(test)]
+pub(crate) fn open_memory() -> SqliteConnection {
+    let mut conn = SqliteConnection::establish(":memory:").expect("an in-memory database");
+    conn.batch_execute("PRAGMA foreign_keys = ON;")
+        .expect("setting pragmas");
+    conn.run_pending_migrations(MIGRATIONS)
+        .expect("migrating the in-memory database");
+    conn
+}
+
 #[derive(Debug)]
 struct ReaderSetup;
 

@@ -92,6 +92,19 @@ fn by_client_id(sender_id: i64, client_message_id: &str) -> messages::BoxedQuery
         .into_boxed()
 }
 
+/// Whether `sender` already sent a message under `client_message_id` (an idempotency key).
+pub fn has_client_message_id(
+    conn: &mut SqliteConnection,
+    sender: i64,
+    client_message_id: &str,
+) -> Result<bool> {
+    let found: Option<i64> = by_client_id(sender, client_message_id)
+        .select(messages::id)
+        .first(conn)
+        .optional()?;
+    Ok(found.is_some())
+}
+
 /// The oldest unread messages to `user_id` (optionally only from `peer`).
 pub fn oldest_unread(
     conn: &mut SqliteConnection,

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod proxy;
+pub mod raw;
 
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};

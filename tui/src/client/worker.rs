@@ -937,7 +937,12 @@ impl Worker {
             Err(st) => st,
         };
         let why = describe(&status, self.tls.is_some());
+        // A login (or account deletion) refused for too many wrong passwords names its own wait: say so
+        // at once rather than retry into it.
+        let throttled = status.code() == Code::ResourceExhausted
+            && matches!(job.req, Req::Login { .. } | Req::DeleteAccount { .. });
         match classify(status.code()) {
+            Disposition::Transient if throttled => self.fail_job(job, why),
             Disposition::Transient => {
                 tracing::debug!(%addr, what = job.req.what(), error = %why, "call failed; will retry");
                 self.job_backoff.fail(now, jitter());
@@ -1488,5 +1493,52 @@ mod tests {
         w.step(now);
         assert!(marks(&w).is_empty());
         assert!(w.marks_in_flight.contains("bob"));
+    }
+
+    /// The server's word on a throttled login is shown at once; other refused calls are tried again.
+    #[tokio::test]
+    async fn a_throttled_login_fails_at_once_and_other_throttled_calls_are_retried() {
+        let (events, mut event_rx) = mpsc::unbounded_channel();
+        let (itx, _irx) = mpsc::unbounded_channel();
+        let addr = "127.0.0.1:9".to_string();
+        let mut w = Worker::new(vec![addr.clone()], events, itx);
+        let now = Instant::now();
+        let job = |req| Job {
+            req,
+            deadline: now + PATIENCE,
+            retried: false,
+            generation: 0,
+        };
+        let says = "too many failed logins for alice; try again in 27 s";
+        w.auth_pending = 1;
+        let login = job(Req::Login {
+            username: "alice".into(),
+            password: "pw".into(),
+        });
+        w.on_done(
+            addr.clone(),
+            None,
+            login,
+            Err(Status::resource_exhausted(says)),
+            now,
+        );
+        let mut got = Vec::new();
+        while let Ok(e) = event_rx.try_recv() {
+            got.push(e);
+        }
+        assert!(
+            got.iter()
+                .any(|e| matches!(e, ClientEvent::AuthFailed(why) if why == says)),
+            "{got:?}"
+        );
+        assert!(w.jobs.is_empty(), "the login is not retried");
+
+        let mark = job(Req::MarkRead {
+            peer: "bob".into(),
+            up_to_id: 1,
+        });
+        let busy = Status::resource_exhausted("sending too fast");
+        w.on_done(addr, Some("t".into()), mark, Err(busy), now);
+        assert_eq!(w.jobs.len(), 1, "other calls are tried again later");
     }
 }
