@@ -1501,7 +1501,7 @@ mod tests {
         let (events, mut event_rx) = mpsc::unbounded_channel();
         let (itx, _irx) = mpsc::unbounded_channel();
         let addr = "127.0.0.1:9".to_string();
-        let mut w = Worker::new(vec![addr.clone()], events, itx);
+        let mut w = Worker::new(vec![addr.clone()], None, events, itx);
         let now = Instant::now();
         let job = |req| Job {
             req,
