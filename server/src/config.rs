@@ -590,14 +590,18 @@ mod tests {
     #[test]
     fn every_key_of_the_example_file_exists() {
         let example = include_str!("../../assets/server.example.toml");
-        // Commented-out settings (`# key = value`) switched on, prose comments left alone.
+        // Commented-out settings (`# key = value`) and tables (`# [name]`) switched on, prose comments
+        // left alone.
+        let key = |k: &str| k.chars().all(|c| c.is_ascii_lowercase() || c == '_');
         let all: String = example
             .lines()
             .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.split_once(" = ").is_some_and(|(k, _)| key(k)) => rest,
                 Some(rest)
-                    if rest.split_once(" = ").is_some_and(|(k, _)| {
-                        k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-                    }) =>
+                    if rest
+                        .strip_prefix('[')
+                        .and_then(|r| r.strip_suffix(']'))
+                        .is_some_and(key) =>
                 {
                     rest
                 }
@@ -607,6 +611,7 @@ mod tests {
             .collect();
         let file: FileConfig = toml::from_str(&all).unwrap();
         assert!(file.tls_cert.is_some() && file.peer_mtls.is_some());
+        assert!(file.limits.is_some());
     }
 
     #[test]

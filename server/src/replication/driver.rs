@@ -2,7 +2,7 @@
 //! each peer, and every heartbeat the driver feeds this node's view and the fresh answers to the engine,
 //! then carries out its decision (follow, elect, lead, step down).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,9 @@ pub struct Peers {
     tls: Option<ClientTls>,
     channels: Mutex<HashMap<String, Channel>>,
     answers: Mutex<HashMap<String, (pb::NodeStatus, Instant)>>,
+    /// Addresses whose port refused a connection since their last answer: that answer is no longer fresh
+    /// news (the process is gone), however recent it is.
+    refused: Mutex<HashSet<String>>,
 }
 
 impl Peers {
@@ -53,10 +56,11 @@ impl Peers {
 
     /// Answers younger than `fresh`, newest per node id.
     pub fn fresh(&self, fresh: Duration) -> Vec<(String, pb::NodeStatus, Instant)> {
+        let refused = self.refused.lock().expect("refused lock").clone();
         let answers = self.answers.lock().expect("answers lock");
         let mut by_id: HashMap<u64, (String, pb::NodeStatus, Instant)> = HashMap::new();
         for (addr, (s, at)) in answers.iter() {
-            if at.elapsed() >= fresh {
+            if at.elapsed() >= fresh || refused.contains(addr) {
                 continue;
             }
             match by_id.get(&s.id) {
@@ -78,7 +82,16 @@ impl Peers {
             .collect()
     }
 
+    /// Nothing listens at `address` any more.
+    fn refused(&self, address: &str) {
+        self.refused
+            .lock()
+            .expect("refused lock")
+            .insert(address.to_owned());
+    }
+
     fn record(&self, address: &str, status: pb::NodeStatus) {
+        self.refused.lock().expect("refused lock").remove(address);
         self.answers
             .lock()
             .expect("answers lock")
@@ -138,6 +151,7 @@ async fn probe(node: Arc<Node>, address: String) {
             }
             Ok(Err(status)) => {
                 if connection_refused(&status) {
+                    node.peers.refused(&address);
                     note_refused(&rep, &address);
                 }
                 // Said once per kind of trouble, so a misconfiguration is visible without flooding the log.
