@@ -109,6 +109,7 @@ pub async fn run(node: Arc<Node>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = rep.step_now.notified() => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
         for address in rep.probe_targets() {
@@ -134,6 +135,7 @@ async fn probe(node: Arc<Node>, address: String) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = rep.probe_now.notified() => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
         let Ok(channel) = node.peers.channel(&address) else {
@@ -185,9 +187,13 @@ async fn probe(node: Arc<Node>, address: String) {
                     st.leader_address = status.leader_address.clone();
                 }
             }
+            let electing = st.role == Role::Candidate;
             drop(st);
             rep.discover(&status);
             node.peers.record(&address, status);
+            if electing {
+                rep.step_now.notify_one();
+            }
         }
     }
 }
@@ -221,6 +227,7 @@ fn note_refused(rep: &super::Replication, address: &str) {
     {
         tracing::info!(leader = leader_id, %address, "the leader's port refuses connections");
         st.leader_refused = true;
+        rep.step_now.notify_one();
     }
 }
 
@@ -260,6 +267,9 @@ async fn step(node: &Arc<Node>) {
             );
             st.role = Role::Candidate;
             st.registered_epoch = 0;
+            drop(st);
+            // The election is decided on the peers' views: get fresh ones now, not at the next heartbeat.
+            rep.probe_now.notify_waiters();
         }
         Action::Follow { leader_id, epoch } => {
             let address = fresh

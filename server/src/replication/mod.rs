@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use baton_proto::v1 as pb;
 use baton_proto::{CLUSTER_SECRET, LEADER_HINT, LEADER_ID_HINT};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tonic::Status;
 
 use crate::config::ClusterConfig;
@@ -150,6 +150,11 @@ pub struct Replication {
     pub live: Arc<Live>,
     /// True while this node leads; client streams end when it turns false.
     pub leading: watch::Sender<bool>,
+    /// Runs the driver's next step now rather than at the next heartbeat (news that may change its
+    /// decision: a refused leader, a peer's answer while electing).
+    pub step_now: Notify,
+    /// Makes every prober ask its peer now (this node just started an election and needs fresh views).
+    pub probe_now: Notify,
 }
 
 impl Replication {
@@ -194,6 +199,8 @@ impl Replication {
             applied: watch::Sender::new(applied),
             live,
             leading: watch::Sender::new(false),
+            step_now: Notify::new(),
+            probe_now: Notify::new(),
         })
     }
 

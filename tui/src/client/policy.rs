@@ -53,6 +53,16 @@ impl Backoff {
         delay
     }
 
+    /// Like `fail`, but the delay doubles once per `round` failures: trying each of `round` servers once
+    /// costs the base delay each, so a leader elected meanwhile is found within one round.
+    pub fn fail_in_rounds(&mut self, now: Instant, jitter: f64, round: usize) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let round = u32::try_from(round.max(1)).unwrap_or(u32::MAX);
+        let delay = backoff(self.failures.div_ceil(round), jitter);
+        self.ready_at = Some(now + delay);
+        delay
+    }
+
     pub fn reset(&mut self) {
         *self = Backoff::default();
     }
@@ -208,7 +218,9 @@ impl Policy {
         if !self.servers.is_empty() {
             self.current = (self.current + 1) % self.servers.len();
         }
-        let delay = self.backoff.fail(now, jitter);
+        // Exponential per round of the servers, not per attempt: during an election the next server is
+        // the likely new leader, and doubling at each hop left clients asleep long after it was elected.
+        let delay = self.backoff.fail_in_rounds(now, jitter, self.servers.len());
         // A higher epoch that no server we can reach confirms for two full rounds (say, a node that led
         // briefly on the far side of a partition and died) must not lock the client out for good.
         if self.backoff.failures() as usize >= 2 * self.servers.len().max(1) {
@@ -358,15 +370,16 @@ mod tests {
         let mut p = three();
         let now = Instant::now();
         assert!(p.is_ready(now));
-        let d1 = p.on_failure("a:1", now, 1.0, true);
-        let d2 = p.on_failure("b:2", now, 1.0, true);
-        assert_eq!(
-            (d1, d2),
-            (Duration::from_millis(50), Duration::from_millis(100))
-        );
-        assert!(!p.is_ready(now + Duration::from_millis(99)));
-        assert!(p.is_ready(now + Duration::from_millis(100)));
-        assert_eq!(p.failures(), 2);
+        // Within a round of the three servers the delay stays at the base; each round doubles it.
+        let d: Vec<Duration> = ["a:1", "b:2", "c:3", "a:1"]
+            .into_iter()
+            .map(|a| p.on_failure(a, now, 1.0, true))
+            .collect();
+        let ms = Duration::from_millis;
+        assert_eq!(d, [ms(50), ms(50), ms(50), ms(100)]);
+        assert!(!p.is_ready(now + ms(99)));
+        assert!(p.is_ready(now + ms(100)));
+        assert_eq!(p.failures(), 4);
     }
 
     #[test]
