@@ -1,7 +1,6 @@
 //! `baton-bench` end to end, small: each command against clusters it starts from the real server binary,
 //! its JSON results parsed and checked for sense. (The 60-second chaos run is CI's `just chaos-check`.)
 
-#[allow(dead_code)]
 mod common;
 
 use std::process::Command;
