@@ -40,8 +40,7 @@ demo-tls:
 demo-tls-check:
     DEMO_TLS=1 assets/demo.sh check
 
-# The load and fault tool, optimised: `just bench throughput --clients 64 --messages 50000`, `just bench
-# failover --kills 50`, `just bench chaos --duration 300`, `just bench join` (see BENCHMARKS.md).
+# The load and fault tool, optimised, e.g. `just bench failover --kills 50` (BENCHMARKS.md lists the runs).
 bench *ARGS:
     cargo run --release -p baton --bin baton-bench -- {{ARGS}}
 

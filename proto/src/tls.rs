@@ -16,11 +16,12 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {flag} {}: {source}", .path.display())]
+    // The I/O error is part of the message, not a `source`: printed as a chain it would appear twice.
+    #[error("cannot read {flag} {}: {cause}", .path.display())]
     Read {
         flag: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{flag} {} is not valid PEM: {reason}", .path.display())]
     BadPem {
@@ -38,10 +39,10 @@ pub enum TlsError {
 }
 
 fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    std::fs::read(path).map_err(|cause| TlsError::Read {
         flag,
         path: path.to_owned(),
-        source,
+        cause,
     })
 }
 

@@ -18,12 +18,14 @@
 //!
 //! An attempt is counted as a failure when it starts, before the slow password check, and taken back if
 //! the password was right: a burst of concurrent guesses cannot all slip through before the first
-//! failure is recorded.
+//! failure is recorded. For an address, attempts still in flight do not count towards its waits (many
+//! people behind one address may log in at the same moment, and their right passwords are no failures);
+//! instead at most `max` may be in flight from it at once.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How many accounts (and, separately, addresses) are tracked at most; past that, forgotten ones are swept
@@ -128,26 +130,67 @@ pub struct Refusal {
     /// "for alice" or "from 192.0.2.7".
     pub who: String,
     pub wait: Duration,
+    /// Refused for the attempts in flight from the address, not for failures.
+    pub busy: bool,
 }
 
-/// A login attempt in progress, already counted as a failure of its account and address.
+/// A login attempt in progress, already counted as a failure of its account and address: it stays one
+/// if [`Attempt::failed`] is called (wrong password, unknown name), is taken back by
+/// [`LoginThrottle::succeeded`], and is also taken back if the attempt is dropped without a verdict (the
+/// caller went away, the server failed): nobody learnt anything from it.
 #[derive(Debug)]
-#[must_use = "an attempt is a failure unless `succeeded` is called"]
+#[must_use = "say how the attempt ended: `failed` or `LoginThrottle::succeeded`"]
 pub struct Attempt {
     account: String,
     address: Option<AddressKey>,
+    state: Arc<Mutex<State>>,
+    verdict: bool,
 }
 
-#[derive(Default)]
+impl Attempt {
+    /// The password was wrong (or the name unknown): the failure stays counted.
+    pub fn failed(mut self) {
+        self.verdict = true;
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        let mut st = self.state.lock().expect("login throttle lock");
+        if !self.verdict {
+            if let Some(r) = st.accounts.get_mut(&self.account) {
+                r.failures = r.failures.saturating_sub(1);
+            }
+            if let Some(a) = self.address
+                && let Some(r) = st.addresses.get_mut(&a)
+            {
+                r.failures = r.failures.saturating_sub(1);
+            }
+        }
+        let Some(a) = self.address else {
+            return;
+        };
+        if let Some(n) = st.in_flight.get_mut(&a) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.in_flight.remove(&a);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
 struct State {
     accounts: HashMap<String, Record>,
     addresses: HashMap<AddressKey, Record>,
     trusted: HashMap<String, Vec<AddressKey>>,
+    /// Attempts begun from each address and not finished yet.
+    in_flight: HashMap<AddressKey, u32>,
 }
 
 pub struct LoginThrottle {
     settings: Settings,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
 }
 
 /// Usernames are unique without regard to case, so their counts are too.
@@ -189,6 +232,29 @@ fn check<K: std::hash::Hash + Eq>(
     (now < not_before).then(|| not_before - now)
 }
 
+/// Like [`check`], for an address: its `in_flight` attempts are counted as failures until they finish, but
+/// they are not failures yet, so the wait is decided on the finished ones.
+fn check_settled(
+    map: &mut HashMap<AddressKey, Record>,
+    key: &AddressKey,
+    in_flight: u32,
+    scope: &Scope,
+    delay: Duration,
+    now: Instant,
+) -> Option<Duration> {
+    let record = map.get_mut(key)?;
+    if !record.refresh(scope, delay, now) {
+        map.remove(key);
+        return None;
+    }
+    let settled = Record {
+        failures: record.failures.saturating_sub(in_flight),
+        last: record.last,
+    };
+    let not_before = settled.not_before(scope, delay);
+    (now < not_before).then(|| not_before - now)
+}
+
 fn count<K: std::hash::Hash + Eq + Clone>(
     map: &mut HashMap<K, Record>,
     key: &K,
@@ -212,7 +278,7 @@ impl LoginThrottle {
     pub fn new(settings: Settings) -> LoginThrottle {
         LoginThrottle {
             settings,
-            state: Mutex::new(State::default()),
+            state: Arc::new(Mutex::new(State::default())),
         }
     }
 
@@ -243,16 +309,27 @@ impl LoginThrottle {
             refusal = Some(Refusal {
                 who: format!("for {account}"),
                 wait,
+                busy: false,
             });
         }
-        if let Some(a) = address
-            && let Some(wait) = check(&mut st.addresses, &a, &addr_scope, delay, now)
-            && refusal.as_ref().is_none_or(|r| r.wait < wait)
-        {
-            refusal = Some(Refusal {
-                who: format!("from {a}"),
-                wait,
-            });
+        if let Some(a) = address {
+            let in_flight = st.in_flight.get(&a).copied().unwrap_or(0);
+            if in_flight >= addr_scope.max {
+                refusal = Some(Refusal {
+                    who: format!("from {a}"),
+                    wait: delay,
+                    busy: true,
+                });
+            } else if let Some(wait) =
+                check_settled(&mut st.addresses, &a, in_flight, &addr_scope, delay, now)
+                && refusal.as_ref().is_none_or(|r| r.wait < wait)
+            {
+                refusal = Some(Refusal {
+                    who: format!("from {a}"),
+                    wait,
+                    busy: false,
+                });
+            }
         }
         if let Some(r) = refusal {
             return Err(r);
@@ -260,31 +337,39 @@ impl LoginThrottle {
         count(&mut st.accounts, &key, &acc_scope, delay, now);
         if let Some(a) = address {
             count(&mut st.addresses, &a, &addr_scope, delay, now);
+            *st.in_flight.entry(a).or_insert(0) += 1;
         }
         Ok(Attempt {
             account: key,
             address,
+            state: self.state.clone(),
+            verdict: false,
         })
     }
 
     /// The password was right: the account's count starts again, the address gets its attempt back, and
     /// the address is trusted for the account from now on.
-    pub fn succeeded(&self, attempt: Attempt) {
+    pub fn succeeded(&self, mut attempt: Attempt) {
+        attempt.verdict = true;
         let mut st = self.state();
         st.accounts.remove(&attempt.account);
         let Some(a) = attempt.address else {
             return;
         };
+        let account = attempt.account.clone();
         if let Some(r) = st.addresses.get_mut(&a) {
             r.failures = r.failures.saturating_sub(1);
         }
-        if !st.trusted.contains_key(&attempt.account) {
+        if !st.trusted.contains_key(&account) {
             shrink(&mut st.trusted);
         }
-        let list = st.trusted.entry(attempt.account).or_default();
+        let list = st.trusted.entry(account).or_default();
         list.retain(|x| *x != a);
         list.insert(0, a);
         list.truncate(TRUSTED_PER_ACCOUNT);
+        // `attempt` drops after the lock is released: it leaves the in-flight count.
+        drop(st);
+        drop(attempt);
     }
 }
 
@@ -317,8 +402,10 @@ mod tests {
     /// Fails `n` attempts on `account` from `from`, each at `now`; panics if one is refused.
     fn fail(t: &LoginThrottle, account: &str, from: Option<IpAddr>, now: Instant, n: u32) {
         for i in 0..n {
-            let attempt = t.begin(account, from, now);
-            assert!(attempt.is_ok(), "attempt {i} refused: {attempt:?}");
+            match t.begin(account, from, now) {
+                Ok(a) => a.failed(),
+                Err(r) => panic!("attempt {i} refused: {r:?}"),
+            }
         }
     }
 
@@ -443,6 +530,44 @@ mod tests {
             t.begin("alice", None, t0).is_err(),
             "three in flight already count as three failures"
         );
+    }
+
+    /// Many people behind one address logging in at the same moment: their attempts in flight are no
+    /// failures, up to the address's lock count at once; a right password gives its attempt back.
+    #[test]
+    fn concurrent_logins_from_one_address_are_not_failures() {
+        let t = LoginThrottle::new(settings());
+        let office = ip("198.51.100.7");
+        let t0 = Instant::now();
+        let max = settings().address.max;
+        let attempts: Vec<_> = (0..max)
+            .map(|i| t.begin(&format!("user{i}"), office, t0))
+            .collect::<Result<_, _>>()
+            .expect("as many in flight as the address's lock count");
+        let busy = t.begin("one-more", office, t0).unwrap_err();
+        assert!(busy.busy, "{busy:?}");
+        for a in attempts {
+            t.succeeded(a);
+        }
+        let after = t
+            .begin("one-more", office, t0)
+            .expect("nothing in flight any more");
+        after.failed();
+        // The failed attempt counts, and only that one.
+        assert_eq!(
+            t.state().addresses[&AddressKey::of(office.unwrap())].failures,
+            1
+        );
+        // An attempt dropped without a verdict (the caller went away) is given back.
+        drop(
+            t.begin("one-more", office, t0)
+                .expect("one in flight is fine"),
+        );
+        assert_eq!(
+            t.state().addresses[&AddressKey::of(office.unwrap())].failures,
+            1
+        );
+        assert!(t.state().in_flight.is_empty());
     }
 
     #[test]

@@ -239,9 +239,14 @@ impl Guard {
 
     /// RESOURCE_EXHAUSTED for a login attempt that must wait.
     pub fn login_refused(refusal: &login::Refusal) -> Status {
+        let what = if refusal.busy {
+            "too many logins at once"
+        } else {
+            "too many failed logins"
+        };
         exhausted(
             format!(
-                "too many failed logins {}; try again in {}",
+                "{what} {}; try again in {}",
                 refusal.who,
                 describe_wait(refusal.wait)
             ),

@@ -129,14 +129,18 @@ impl Chat for ChatService {
             .begin(&username, address, Instant::now())
             .map_err(|r| Guard::login_refused(&r))?;
         let name = username.clone();
-        let user = self
+        let Some(user) = self
             .node
             .readers
             .run(move |conn| queries::user_by_name(conn, &name))
             .await?
-            .ok_or_else(|| Error::not_found(format!("no account named {username:?}")))?;
+        else {
+            attempt.failed();
+            return Err(Error::not_found(format!("no account named {username:?}")).into());
+        };
         let stored = user.password_hash.clone();
         if !auth::verify_password_limited(password, stored).await? {
+            attempt.failed();
             return Err(Error::unauthenticated("wrong password").into());
         }
         self.node.guard.logins.succeeded(attempt);
@@ -425,6 +429,7 @@ impl Chat for ChatService {
             .ok_or_else(|| Error::unauthenticated("the account no longer exists"))?;
         let stored = user.password_hash.clone();
         if !auth::verify_password_limited(password, stored).await? {
+            attempt.failed();
             return Err(Error::unauthenticated("wrong password").into());
         }
         self.node.guard.logins.succeeded(attempt);

@@ -71,6 +71,7 @@ pub fn unread_count(conn: &mut SqliteConnection, user_id: i64, peer: Option<i64>
 /// The message `sender_id` sent earlier with this idempotency key, if any. The literal `<> ''` term lets
 /// SQLite use the partial unique index `messages_idempotency`; without it the planner cannot prove the
 /// bound key non-empty and walks every message of the sender instead (a send got slower with each one).
+/// The statement is prepared once and cached (a unit test checks both the plan and the caching).
 pub fn message_by_client_id(
     conn: &mut SqliteConnection,
     sender_id: i64,
@@ -86,10 +87,35 @@ fn by_client_id(sender_id: i64, client_message_id: &str) -> messages::BoxedQuery
     messages::table
         .filter(messages::sender_id.eq(sender_id))
         .filter(messages::client_message_id.eq(client_message_id))
-        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
-            "client_message_id <> ''",
-        ))
+        .filter(HasClientMessageId)
         .into_boxed()
+}
+
+/// `client_message_id <> ''`, as literal SQL, so SQLite can match the partial index's condition. Not
+/// `diesel::dsl::sql`: diesel never caches a statement holding one, and this lookup runs on every send.
+#[derive(Debug, Clone, Copy, diesel::query_builder::QueryId)]
+struct HasClientMessageId;
+
+impl diesel::Expression for HasClientMessageId {
+    type SqlType = diesel::sql_types::Bool;
+}
+
+impl diesel::AppearsOnTable<messages::table> for HasClientMessageId {}
+
+impl diesel::SelectableExpression<messages::table> for HasClientMessageId {}
+
+impl<GB> diesel::expression::ValidGrouping<GB> for HasClientMessageId {
+    type IsAggregate = diesel::expression::is_aggregate::Never;
+}
+
+impl diesel::query_builder::QueryFragment<Sqlite> for HasClientMessageId {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, Sqlite>,
+    ) -> QueryResult<()> {
+        out.push_sql("client_message_id <> ''");
+        Ok(())
+    }
 }
 
 /// Whether `sender` already sent a message under `client_message_id` (an idempotency key).
@@ -376,6 +402,20 @@ mod tests {
             plan.iter().any(|d| d.contains("messages_idempotency")),
             "{plan:?}"
         );
+        // Prepared once, then taken from diesel's statement cache.
+        let cached = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = cached.clone();
+        conn.set_instrumentation(move |e: diesel::connection::InstrumentationEvent<'_>| {
+            if let diesel::connection::InstrumentationEvent::CacheQuery { sql, .. } = e {
+                seen.lock().unwrap().push(sql.to_string());
+            }
+        });
+        for _ in 0..3 {
+            message_by_client_id(&mut conn, 1, "k1").expect("query");
+        }
+        let cached = cached.lock().unwrap();
+        assert_eq!(cached.len(), 1, "{cached:?}");
+        assert!(cached[0].contains("client_message_id <> ''"), "{cached:?}");
         let found = message_by_client_id(&mut conn, 1, "k1").expect("query");
         assert_eq!(found.map(|m| m.id), Some(1));
         assert!(

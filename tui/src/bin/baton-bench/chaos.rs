@@ -38,6 +38,7 @@ pub struct Opts {
     /// Clients sending throughout.
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=1024))]
     clients: u32,
+    /// Size of each message body in bytes (at least the tag naming its sender and sequence number).
     #[arg(long, default_value_t = 64)]
     body_bytes: usize,
     /// Only kills and restarts, no partitions (and no proxies on the peer links).
@@ -46,6 +47,7 @@ pub struct Opts {
     /// Shortest and longest pause between two faults, in milliseconds.
     #[arg(long, default_value_t = 300)]
     min_pause_ms: u64,
+    /// See --min-pause-ms.
     #[arg(long, default_value_t = 1500)]
     max_pause_ms: u64,
 }

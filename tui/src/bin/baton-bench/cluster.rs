@@ -376,6 +376,10 @@ impl Cluster {
                 && let Some(status) = child.try_wait()?
             {
                 node.child = None;
+                // Its log says why: keep it past the end of the run.
+                if let Some(dir) = self.dir.take() {
+                    let _ = dir.keep();
+                }
                 bail!(
                     "node {id} exited by itself ({status}); its log: {}",
                     self.path.join(format!("node-{id}.log")).display()
@@ -401,6 +405,7 @@ impl Cluster {
                 return Ok(());
             };
             if Instant::now() >= deadline {
+                self.keep();
                 bail!(
                     "node {id} did not accept connections within {limit:?}; its log: {}",
                     self.log_path(id).display()

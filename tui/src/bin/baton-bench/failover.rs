@@ -29,6 +29,7 @@ pub struct Opts {
     /// Clients sending throughout.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     clients: u32,
+    /// Size of each message body in bytes (at least the tag naming its sender and sequence number).
     #[arg(long, default_value_t = 256)]
     body_bytes: usize,
     /// Seed of the random pause before each kill (so kills fall at every phase of the heartbeat).

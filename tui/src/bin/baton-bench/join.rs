@@ -34,6 +34,7 @@ pub struct Opts {
     /// Clients sending throughout the join.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     clients: u32,
+    /// Size of each message body in bytes (at least the tag naming its sender and sequence number).
     #[arg(long, default_value_t = 256)]
     body_bytes: usize,
 }

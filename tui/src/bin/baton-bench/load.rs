@@ -18,6 +18,8 @@ use tonic::{Code, Status};
 
 /// One call's deadline: a leader that accepted the connection but died answers never.
 const RPC_TIMEOUT: Duration = Duration::from_secs(2);
+/// A login's: servers hash one password per core at a time, so a burst of logins queues.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// The pause after RESOURCE_EXHAUSTED (a server's rate limit) before the same call is tried again.
 const RATE_LIMITED_PAUSE: Duration = Duration::from_millis(50);
 
@@ -99,7 +101,7 @@ impl Session {
     async fn relogin(&mut self, give_up: Instant) -> Result<()> {
         let user = self.user.clone();
         let (resp, _) = self
-            .call(give_up, |mut c, _| {
+            .call(give_up, LOGIN_TIMEOUT, |mut c, _| {
                 let req = pb::LoginRequest {
                     username: user.clone(),
                     password: PASSWORD.into(),
@@ -127,6 +129,7 @@ impl Session {
     async fn call<T, F, Fut>(
         &mut self,
         give_up: Instant,
+        timeout: Duration,
         mut f: F,
     ) -> Result<(T, String), CallError>
     where
@@ -151,7 +154,7 @@ impl Session {
                 });
             };
             let client = self.client(&addr).map_err(CallError::Rejected)?;
-            let limit = RPC_TIMEOUT.min(give_up.saturating_duration_since(now));
+            let limit = timeout.min(give_up.saturating_duration_since(now));
             match wire::bounded(&addr, limit, f(client, self.token.clone())).await {
                 Ok(v) => {
                     self.policy.on_success(&addr);
@@ -203,7 +206,7 @@ impl Session {
                 client_message_id: client_message_id.to_string(),
             };
             let r = self
-                .call(give_up, |mut c, token| {
+                .call(give_up, RPC_TIMEOUT, |mut c, token| {
                     let req = wire::authed(req.clone(), &token);
                     async move { c.send_message(req).await }
                 })
@@ -237,7 +240,7 @@ impl Session {
                 limit: baton_proto::limits::PAGE_SIZE_MAX,
             };
             let (page, _) = self
-                .call(give_up, |mut c, token| {
+                .call(give_up, RPC_TIMEOUT, |mut c, token| {
                     let req = wire::authed(req.clone(), &token);
                     async move { c.get_history(req).await }
                 })

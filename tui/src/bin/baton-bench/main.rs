@@ -25,7 +25,11 @@ use crate::cluster::Cluster;
 /// Load and fault tool for a Baton cluster: throughput, failover time, joins, and a chaos run whose
 /// checker proves that no acknowledged message is lost, duplicated or diverges across replicas.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about = "Load and fault tool for a Baton cluster: throughput, failover time, joins, and a chaos run \
+             whose checker proves no acknowledged message is lost, duplicated or diverges"
+)]
 struct Flags {
     #[command(flatten)]
     common: Common,

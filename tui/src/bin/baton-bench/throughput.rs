@@ -28,6 +28,7 @@ pub struct Opts {
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     messages: u64,
     /// Size of each message body in bytes.
+    /// Size of each message body in bytes (at least the tag naming its sender and sequence number).
     #[arg(long, default_value_t = 256)]
     body_bytes: usize,
     /// Measured runs on the same cluster (fresh accounts each); the summary gives their medians.
@@ -188,6 +189,11 @@ fn samples(cluster: Option<&Cluster>) -> Vec<(u64, stats::ProcSample)> {
 
 pub async fn run(common: &Common, opts: &Opts) -> Result<()> {
     let mut cluster = None;
+    if common.servers.is_empty() && common.tls_ca.is_some() {
+        anyhow::bail!(
+            "--tls-ca is for a running cluster named with --server; `--tls` starts an encrypted one"
+        );
+    }
     let target = if common.servers.is_empty() {
         let c = common.own_cluster("throughput", false).await?;
         let target = c.target();
