@@ -215,29 +215,14 @@ fn shrink<K, V>(map: &mut HashMap<K, V>) {
     });
 }
 
-/// Checks `key`'s record against `scope` at `now`: the wait still to run, if any.
+/// Checks `key`'s record against `scope` at `now`: the wait still to run, if any. `unsettled` of its
+/// failures are attempts still in flight: counted already (so concurrent ones cannot slip through), but
+/// not failures yet, so the wait is decided without them (0 for an account, whose attempts in flight do
+/// count).
 fn check<K: std::hash::Hash + Eq>(
     map: &mut HashMap<K, Record>,
     key: &K,
-    scope: &Scope,
-    delay: Duration,
-    now: Instant,
-) -> Option<Duration> {
-    let record = map.get_mut(key)?;
-    if !record.refresh(scope, delay, now) {
-        map.remove(key);
-        return None;
-    }
-    let not_before = record.not_before(scope, delay);
-    (now < not_before).then(|| not_before - now)
-}
-
-/// Like [`check`], for an address: its `in_flight` attempts are counted as failures until they finish, but
-/// they are not failures yet, so the wait is decided on the finished ones.
-fn check_settled(
-    map: &mut HashMap<AddressKey, Record>,
-    key: &AddressKey,
-    in_flight: u32,
+    unsettled: u32,
     scope: &Scope,
     delay: Duration,
     now: Instant,
@@ -248,7 +233,7 @@ fn check_settled(
         return None;
     }
     let settled = Record {
-        failures: record.failures.saturating_sub(in_flight),
+        failures: record.failures.saturating_sub(unsettled),
         last: record.last,
     };
     let not_before = settled.not_before(scope, delay);
@@ -305,7 +290,7 @@ impl LoginThrottle {
         let mut st = self.state();
         let trusted = address.is_some_and(|a| st.trusted.get(&key).is_some_and(|t| t.contains(&a)));
         let mut refusal: Option<Refusal> = None;
-        if !trusted && let Some(wait) = check(&mut st.accounts, &key, &acc_scope, delay, now) {
+        if !trusted && let Some(wait) = check(&mut st.accounts, &key, 0, &acc_scope, delay, now) {
             refusal = Some(Refusal {
                 who: format!("for {account}"),
                 wait,
@@ -321,7 +306,7 @@ impl LoginThrottle {
                     busy: true,
                 });
             } else if let Some(wait) =
-                check_settled(&mut st.addresses, &a, in_flight, &addr_scope, delay, now)
+                check(&mut st.addresses, &a, in_flight, &addr_scope, delay, now)
                 && refusal.as_ref().is_none_or(|r| r.wait < wait)
             {
                 refusal = Some(Refusal {
