@@ -262,32 +262,41 @@ pub async fn write_members(
     node: &Arc<Node>,
     change: impl FnOnce(&mut Vec<Member>) + Send + 'static,
 ) -> Result<()> {
-    let rep = node.replication.clone();
     node.writer
-        .write_local(move |ctx| {
-            let mut members = rep.state().members.clone();
-            change(&mut members);
-            {
-                let st = rep.state();
-                for m in &mut members {
-                    let id = m.id as u64;
-                    m.in_sync = id == rep.id || st.followers.get(&id).is_some_and(|p| p.in_sync);
-                }
-            }
-            members.sort_by_key(|m| m.id);
-            members.dedup_by_key(|m| m.id);
-            ctx.emit(Op::SetMembers(pb::SetMembers {
-                members: members
-                    .into_iter()
-                    .map(|m| pb::MemberInfo {
-                        id: m.id as u64,
-                        address: m.address,
-                        in_sync: m.in_sync,
-                    })
-                    .collect(),
-            }))
-        })
+        .write_local(change_members(node.replication.clone(), change))
         .await
+}
+
+/// The writer job that rewrites the membership after `change`.
+fn change_members(
+    rep: Arc<Replication>,
+    change: impl FnOnce(&mut Vec<Member>) + Send + 'static,
+) -> impl FnOnce(&mut store::writer::WriteCtx<'_>) -> Result<()> + Send + 'static {
+    move |ctx| {
+        // Read inside the transaction: another membership change may be in the same batch, committed
+        // with it and so not yet in the in-memory state.
+        let mut members = store::apply::read_members(ctx.conn())?;
+        change(&mut members);
+        {
+            let st = rep.state();
+            for m in &mut members {
+                let id = m.id as u64;
+                m.in_sync = id == rep.id || st.followers.get(&id).is_some_and(|p| p.in_sync);
+            }
+        }
+        members.sort_by_key(|m| m.id);
+        members.dedup_by_key(|m| m.id);
+        ctx.emit(Op::SetMembers(pb::SetMembers {
+            members: members
+                .into_iter()
+                .map(|m| pb::MemberInfo {
+                    id: m.id as u64,
+                    address: m.address,
+                    in_sync: m.in_sync,
+                })
+                .collect(),
+        }))
+    }
 }
 
 fn start_replicator(node: Arc<Node>, fid: u64, address: String, next: u64) {
@@ -488,5 +497,90 @@ async fn follower_lost(node: &Arc<Node>, fid: u64, generation: u64) {
         if let Err(e) = write_members(node, |_| {}).await {
             tracing::warn!(error = %e, "could not record the in-sync set");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::live::Live;
+    use crate::replication::Settings;
+    use crate::store::writer::{Writer, WriterLimits, system_clock};
+
+    /// Two membership changes committed in one batch (a follower registering while the leader records
+    /// itself) must both be kept: each reads the membership inside the transaction, not the in-memory copy
+    /// that is updated only at commit.
+    #[tokio::test]
+    async fn membership_changes_in_one_batch_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = store::open_writer(&dir.path().join("chat.db"), crate::config::SyncMode::Normal)
+            .unwrap();
+        let rep = Replication::new(
+            1,
+            Settings::from_config(None),
+            "127.0.0.1:1".into(),
+            Live::new(),
+            (0, 0),
+            0,
+            Vec::new(),
+        );
+        let limits = WriterLimits {
+            max_batch: 16,
+            log_retention: 1000,
+        };
+        let (writer, _thread) = Writer::start(
+            conn,
+            system_clock(),
+            limits,
+            rep.leader_epoch.clone(),
+            rep.clone(),
+        )
+        .unwrap();
+        rep.leader_epoch.store(1, Ordering::SeqCst);
+        writer.write_local(|ctx| ctx.open_epoch(1)).await.unwrap();
+
+        // Hold the writer so that the next two changes queue up and run in the same batch.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let blocker = writer
+            .enqueue(
+                move |_| {
+                    held.recv().ok();
+                    Ok(())
+                },
+                true,
+            )
+            .await
+            .unwrap();
+        let member = |id: i64| Member {
+            id,
+            address: format!("127.0.0.1:{id}"),
+            in_sync: false,
+        };
+        let first = writer
+            .enqueue(
+                change_members(rep.clone(), move |m| m.push(member(1))),
+                true,
+            )
+            .await
+            .unwrap();
+        let second = writer
+            .enqueue(
+                change_members(rep.clone(), move |m| m.push(member(2))),
+                true,
+            )
+            .await
+            .unwrap();
+        release.send(()).unwrap();
+        blocker.await.unwrap();
+        first.await.unwrap();
+        second.await.unwrap();
+
+        let ids: Vec<(i64, bool)> = rep
+            .state()
+            .members
+            .iter()
+            .map(|m| (m.id, m.in_sync))
+            .collect();
+        assert_eq!(ids, vec![(1, true), (2, false)]);
     }
 }
