@@ -142,6 +142,7 @@ fn real_main() -> anyhow::Result<()> {
                 &user,
                 &password,
                 Duration::from_secs(60),
+                Some(&|why: &str| eprintln!("baton: {why}")),
             ))
             .map(|()| println!("created account {user}"))
             .map_err(|e| anyhow::anyhow!("could not create account {user}: {e}")),

@@ -3,7 +3,10 @@
 
 mod common;
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn bench(args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_baton-bench"))
@@ -101,5 +104,85 @@ fn a_short_chaos_run_checks_out_and_bad_arguments_are_refused() {
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
         assert!(!err.trim().is_empty(), "{args:?} said nothing");
+    }
+}
+
+/// Processes whose command line names `dir` (the servers a bench run started there).
+fn processes_in(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(&needle)
+                .then_some(pid)
+        })
+        .collect()
+}
+
+/// Ctrl-C in the middle of a run stops the servers it started and removes their temporary data directory.
+#[test]
+fn an_interrupted_run_stops_its_servers_and_removes_its_data() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_baton-bench"))
+        .arg("--server-bin")
+        .arg(common::server_binary())
+        .args(["failover", "--kills", "1000", "--clients", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running baton-bench");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut said = Vec::new();
+    let dir = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            let _ = child.kill();
+            panic!("no \"started 3 servers\" line within 60 s: {said:#?}");
+        };
+        if line.contains("started 3 servers") {
+            break line.rsplit(" in ").next().unwrap().trim().to_string();
+        }
+        said.push(line);
+    };
+    let dir = Path::new(&dir).to_path_buf();
+    assert!(dir.is_dir(), "{dir:?}");
+    assert_eq!(processes_in(&dir).len(), 3, "three servers run in {dir:?}");
+
+    // SAFETY: a plain signal to the child we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("baton-bench still running 30 s after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130), "{status}");
+    assert!(!dir.exists(), "{dir:?} was left behind");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_in(&dir).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "servers still running: {:?}",
+            processes_in(&dir)
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

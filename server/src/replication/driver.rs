@@ -146,6 +146,8 @@ async fn probe(node: Arc<Node>, address: String) {
             from_id: rep.id,
             known_epoch: rep.state().promised_epoch,
         });
+        // Before the call: an answer read after a pause of this process proves nothing about later times.
+        let sent = Instant::now();
         let answer = match tokio::time::timeout(timeout, client.heartbeat(req)).await {
             Ok(Ok(answer)) => {
                 complained = None;
@@ -183,6 +185,7 @@ async fn probe(node: Arc<Node>, address: String) {
             {
                 st.last_leader_contact = Instant::now();
                 st.leader_refused = false;
+                rep.note_leader_answer(&mut st, &status, sent);
                 if !status.leader_address.is_empty() {
                     st.leader_address = status.leader_address.clone();
                 }
@@ -346,6 +349,7 @@ async fn follow(node: &Arc<Node>, leader_id: u64, epoch: u64, address: String) {
         st.epoch = epoch;
         st.promised_epoch = st.promised_epoch.max(epoch);
         st.electable = false;
+        st.in_sync_until = None;
         st.registered_epoch = 0;
         st.last_leader_contact = Instant::now();
         st.leader_refused = false;
@@ -440,6 +444,7 @@ async fn step_down(node: &Arc<Node>, seen_epoch: u64) {
         st.role = Role::Candidate;
         st.promised_epoch = st.promised_epoch.max(seen_epoch);
         st.electable = false;
+        st.in_sync_until = None;
         st.followers.clear();
         rep.fail_all_pending(&mut st);
     }

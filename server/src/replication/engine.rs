@@ -84,17 +84,12 @@ pub enum Action {
     },
 }
 
-/// Whether a node that was in sync still is, as far as it can tell: a follower silent for longer than the
-/// leader waits before dropping it (`replica_timeout_ms`, less a heartbeat of margin) may have been dropped
-/// without hearing of it, so it no longer vouches for holding every acknowledged write.
-pub fn still_electable(
-    electable: bool,
-    role: Role,
-    silent_ms: u64,
-    replica_timeout_ms: u64,
-    heartbeat_ms: u64,
-) -> bool {
-    electable && (role == Role::Leader || silent_ms + heartbeat_ms < replica_timeout_ms)
+/// Whether a node that was in sync still is, as far as it can tell. A follower vouches for holding every
+/// acknowledged write only while the leader cannot have dropped it from the in-sync set without its
+/// knowing: `lease_left_ms` is how long that still holds (learnt from the leader's answers to its
+/// heartbeats), and a heartbeat of it is kept as margin.
+pub fn still_electable(electable: bool, role: Role, lease_left_ms: u64, heartbeat_ms: u64) -> bool {
+    electable && (role == Role::Leader || lease_left_ms > heartbeat_ms)
 }
 
 /// The winner of an election among `me` and the `responders` (fresh answers only), if one can be chosen.
@@ -238,12 +233,13 @@ mod tests {
     }
 
     #[test]
-    fn a_follower_silent_past_the_replica_timeout_is_no_longer_electable() {
-        assert!(still_electable(true, Role::Candidate, 600, 1000, 100));
-        assert!(!still_electable(true, Role::Candidate, 900, 1000, 100));
-        assert!(!still_electable(true, Role::Candidate, 2500, 1000, 100));
-        assert!(!still_electable(false, Role::Follower, 0, 1000, 100));
-        assert!(still_electable(true, Role::Leader, 10_000, 1000, 100));
+    fn a_follower_whose_lease_ran_out_is_no_longer_electable() {
+        assert!(still_electable(true, Role::Candidate, 400, 100));
+        assert!(still_electable(true, Role::Follower, 101, 100));
+        assert!(!still_electable(true, Role::Candidate, 100, 100));
+        assert!(!still_electable(true, Role::Candidate, 0, 100));
+        assert!(!still_electable(false, Role::Follower, 900, 100));
+        assert!(still_electable(true, Role::Leader, 0, 100));
     }
 
     #[test]

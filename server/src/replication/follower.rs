@@ -300,6 +300,8 @@ pub fn accept(node: Arc<Node>, mut batches: Streaming<pb::UpdateBatch>) -> AckSt
         }
         // The stream of the leader this node is registered with ended: that leader must register it again
         // before pushing more. A stream that was never admitted (a stale or stray sender) changes nothing.
+        // (The in-sync lease is kept: a leader that died ends the stream too, and its followers must still
+        // be able to elect one of them.)
         if let Some((leader_id, epoch)) = admitted {
             let mut st = node.replication.state();
             if st.role == Role::Follower

@@ -315,6 +315,7 @@ fn start_replicator(node: Arc<Node>, fid: u64, address: String, next: u64) {
                 in_sync,
                 connected: true,
                 generation,
+                oldest_unacked: None,
             },
         );
         generation
@@ -381,6 +382,9 @@ async fn replicate(
                 .await
                 .map_err(|_| Error::Unavailable(format!("stream to follower {fid} closed")))?;
             last_send = Instant::now();
+            if in_flight.is_empty() {
+                note_oldest_unacked(rep, fid, generation, Some(last_send));
+            }
             in_flight.push_back((last, last_send));
             next = last + 1;
             if idle {
@@ -402,6 +406,7 @@ async fn replicate(
                 while in_flight.front().is_some_and(|(last, _)| *last <= ack.applied_seq) {
                     in_flight.pop_front();
                 }
+                note_oldest_unacked(rep, fid, generation, in_flight.front().map(|(_, at)| *at));
                 on_ack(node, fid, ack.applied_seq, generation).await;
             }
             _ = shipped.changed(), if in_flight.len() < MAX_IN_FLIGHT => {}
@@ -414,6 +419,15 @@ async fn replicate(
                 }
             }
         }
+    }
+}
+
+/// Records when the follower's oldest unacknowledged batch was sent, for its heartbeat answers.
+fn note_oldest_unacked(rep: &Replication, fid: u64, generation: u64, at: Option<Instant>) {
+    if let Some(p) = rep.state().followers.get_mut(&fid)
+        && p.generation == generation
+    {
+        p.oldest_unacked = at;
     }
 }
 
@@ -513,8 +527,8 @@ mod tests {
     #[tokio::test]
     async fn membership_changes_in_one_batch_are_all_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = store::open_writer(&dir.path().join("chat.db"), crate::config::SyncMode::Normal)
-            .unwrap();
+        let db = dir.path().join("chat.db");
+        let conn = store::open_writer(&db, crate::config::SyncMode::Normal).unwrap();
         let rep = Replication::new(
             1,
             Settings::from_config(None),
@@ -575,9 +589,11 @@ mod tests {
         first.await.unwrap();
         second.await.unwrap();
 
-        let ids: Vec<(i64, bool)> = rep
-            .state()
-            .members
+        // From the database: callers hear back once the batch is committed, maybe before the in-memory
+        // copy is updated.
+        let mut conn = store::open_writer(&db, crate::config::SyncMode::Normal).unwrap();
+        let ids: Vec<(i64, bool)> = store::apply::read_members(&mut conn)
+            .unwrap()
             .iter()
             .map(|m| (m.id, m.in_sync))
             .collect();

@@ -92,6 +92,8 @@ pub struct Progress {
     pub connected: bool,
     /// Which replicator owns this follower; a newer registration replaces an older stream.
     pub generation: u64,
+    /// When the oldest batch it has not acknowledged was sent (None: it has acknowledged everything).
+    pub oldest_unacked: Option<Instant>,
 }
 
 /// A committed batch waiting for followers before its callers hear back.
@@ -115,6 +117,10 @@ pub struct State {
     pub registered_epoch: u64,
     pub registering: bool,
     pub last_leader_contact: Instant,
+    /// Follower: until when the leader cannot have dropped this node from the in-sync set, as learnt from
+    /// the leader's answer to a heartbeat sent at a known time (see `note_leader_answer`). Pushed batches
+    /// never extend it: after a pause they may have waited in a socket for longer than the lease.
+    pub in_sync_until: Option<Instant>,
     /// Follower: the leader's port refused a connection. Nothing listens there, so its process is gone and
     /// waiting out the election timeout would only prolong the outage.
     pub leader_refused: bool,
@@ -184,6 +190,7 @@ impl Replication {
                 registered_epoch: 0,
                 registering: false,
                 last_leader_contact: Instant::now(),
+                in_sync_until: None,
                 leader_refused: false,
                 discovered: BTreeMap::new(),
                 last_registration_error: None,
@@ -361,13 +368,31 @@ impl Replication {
 
     /// Whether this node vouches, now, for holding every acknowledged write (see `engine::still_electable`).
     fn electable_now(&self, st: &State) -> bool {
+        let lease_left = st.in_sync_until.map_or(0, |until| {
+            until.saturating_duration_since(Instant::now()).as_millis() as u64
+        });
         engine::still_electable(
             st.electable,
             st.role,
-            st.last_leader_contact.elapsed().as_millis() as u64,
-            self.settings.replica_timeout.as_millis() as u64,
+            lease_left,
             self.settings.heartbeat.as_millis() as u64,
         )
+    }
+
+    /// Follower: the answer of the leader it follows to a heartbeat sent at `sent`. If the leader counts it
+    /// in sync, the leader cannot drop it before `sent + replica timeout - oldest unacknowledged wait`
+    /// (the leader answered after `sent`, and drops a follower only once a batch waited the replica
+    /// timeout); an answer that does not count it in sync ends the lease.
+    pub fn note_leader_answer(&self, st: &mut State, status: &pb::NodeStatus, sent: Instant) {
+        let me = status.followers.iter().find(|f| f.id == self.id);
+        st.in_sync_until = match me {
+            Some(f) if f.in_sync && f.connected => {
+                let wait = Duration::from_millis(f.oldest_unacked_ms);
+                let until = (sent + self.settings.replica_timeout).checked_sub(wait);
+                until.filter(|u| *u > Instant::now()).max(st.in_sync_until)
+            }
+            _ => None,
+        };
     }
 
     /// This node's own status, as peers see it.
@@ -402,6 +427,9 @@ impl Replication {
                     acked_seq: p.acked_seq,
                     in_sync: p.in_sync,
                     connected: p.connected,
+                    oldest_unacked_ms: p
+                        .oldest_unacked
+                        .map_or(0, |at| at.elapsed().as_millis() as u64),
                 })
                 .collect(),
         }
@@ -611,4 +639,76 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn follower() -> Arc<Replication> {
+        let rep = Replication::new(
+            3,
+            Settings::from_config(None),
+            "127.0.0.1:3".into(),
+            Live::new(),
+            (1001, 10),
+            1001,
+            Vec::new(),
+        );
+        {
+            let mut st = rep.state();
+            st.role = Role::Follower;
+            st.leader_id = 1;
+            st.epoch = 1001;
+            st.electable = true;
+        }
+        rep
+    }
+
+    fn answer(in_sync: bool, oldest_unacked_ms: u64) -> pb::NodeStatus {
+        pb::NodeStatus {
+            id: 1,
+            followers: vec![pb::FollowerProgress {
+                id: 3,
+                acked_seq: 10,
+                in_sync,
+                connected: true,
+                oldest_unacked_ms,
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// A follower vouches for holding every acknowledged write only while the leader's answers prove it
+    /// cannot have been dropped: the lease runs from when the heartbeat was sent, so an answer read late
+    /// (after this process was paused, say) proves nothing about the time since.
+    #[test]
+    fn the_in_sync_lease_runs_from_the_heartbeats_sending() {
+        let rep = follower();
+        let timeout = rep.settings.replica_timeout;
+        let electable = |rep: &Replication| rep.view().electable;
+        assert!(!electable(&rep), "no answer yet, no lease");
+
+        let now = Instant::now();
+        rep.note_leader_answer(&mut rep.state(), &answer(true, 0), now);
+        assert!(electable(&rep));
+
+        // Sent before a pause longer than the replica timeout, read after it.
+        let rep = follower();
+        let long_ago = now.checked_sub(timeout + Duration::from_millis(500)).unwrap();
+        rep.note_leader_answer(&mut rep.state(), &answer(true, 0), long_ago);
+        assert!(!electable(&rep));
+
+        // The leader has waited nearly the replica timeout for an acknowledgement: it may drop us soon.
+        let rep = follower();
+        let waited = timeout.as_millis() as u64 - 50;
+        rep.note_leader_answer(&mut rep.state(), &answer(true, waited), Instant::now());
+        assert!(!electable(&rep));
+
+        // An answer that does not count us in sync ends the lease at once.
+        let rep = follower();
+        rep.note_leader_answer(&mut rep.state(), &answer(true, 0), Instant::now());
+        rep.note_leader_answer(&mut rep.state(), &answer(false, 0), Instant::now());
+        assert!(!electable(&rep));
+    }
 }

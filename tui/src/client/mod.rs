@@ -155,13 +155,15 @@ impl StatusProbe {
 /// Creates an account without signing in (for scripts: `baton create-account`). Tries each server in turn
 /// until one leads, and retries while the cluster has no leader yet, for up to `limit`. A name that exists
 /// after an attempt whose answer was lost counts as created by that attempt. A TLS mismatch (plain text
-/// against TLS, an untrusted certificate) is no outage: it is reported at once.
+/// against TLS, an untrusted certificate) is no outage: it is reported at once. `waiting` hears, once, why
+/// the first round of servers did not take it, so a caller can say it is retrying rather than stay silent.
 pub async fn create_account(
     servers: &[String],
     tls: Option<&ClientTls>,
     username: &str,
     password: &str,
     limit: Duration,
+    waiting: Option<&(dyn Fn(&str) + Sync)>,
 ) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut clients = Vec::new();
@@ -170,6 +172,7 @@ pub async fn create_account(
     }
     let describe = |s: &tonic::Status| wire::describe(s, tls.is_some());
     let mut maybe_created = false;
+    let mut waiting = waiting;
     let mut last = String::from("no servers given");
     loop {
         for (addr, chat) in &mut clients {
@@ -195,6 +198,12 @@ pub async fn create_account(
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(format!("no leader accepted it within {limit:?}: {last}"));
+        }
+        if let Some(say) = waiting.take() {
+            say(&format!(
+                "no leader yet ({last}); retrying for up to {}s",
+                limit.as_secs()
+            ));
         }
         // A retry interval, not a synchronisation: the loop ends on an answer or the deadline.
         tokio::time::sleep(Duration::from_millis(100)).await;

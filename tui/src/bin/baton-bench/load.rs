@@ -34,11 +34,29 @@ pub struct Target {
 }
 
 impl Target {
-    /// Creates `user` (the bench password), retrying through elections until `limit`.
+    /// Creates `user` (the bench password), retrying through elections until `limit`, and saying so if the
+    /// first round of servers did not take it.
     pub async fn create_account(&self, user: &str, limit: Duration) -> Result<()> {
-        baton::client::create_account(&self.servers, self.tls.as_ref(), user, PASSWORD, limit)
-            .await
-            .map_err(|e| anyhow!("creating {user}: {e}"))
+        let say = |why: &str| crate::progress(format_args!("creating {user}: {why}"));
+        self.create_account_quietly(user, limit, Some(&say)).await
+    }
+
+    async fn create_account_quietly(
+        &self,
+        user: &str,
+        limit: Duration,
+        waiting: Option<&(dyn Fn(&str) + Sync)>,
+    ) -> Result<()> {
+        baton::client::create_account(
+            &self.servers,
+            self.tls.as_ref(),
+            user,
+            PASSWORD,
+            limit,
+            waiting,
+        )
+        .await
+        .map_err(|e| anyhow!("creating {user}: {e}"))
     }
 }
 
@@ -267,7 +285,8 @@ pub async fn sessions(target: &Target, users: &[String], limit: Duration) -> Res
         let target = target.clone();
         let user = user.clone();
         tasks.spawn(async move {
-            target.create_account(&user, limit).await?;
+            // Many at once: a wait is said once, by the caller's first account, not by each.
+            target.create_account_quietly(&user, limit, None).await?;
             let s = Session::login(&target, &user, give_up).await?;
             Ok::<_, anyhow::Error>((i, s))
         });

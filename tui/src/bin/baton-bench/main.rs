@@ -181,19 +181,46 @@ fn main() -> std::process::ExitCode {
     };
     // Servers are started from the runtime's threads, which live as long as it does: a server started
     // with "die with parent" goes when the thread that started it does.
+    // An interrupt drops the running command, and with it its cluster: the servers are stopped and the
+    // temporary data directory is removed (unless --keep) before the exit.
     let result = rt.block_on(async {
-        match &flags.command {
-            Cmd::Throughput(o) => throughput::run(&flags.common, o).await,
-            Cmd::Failover(o) => failover::run(&flags.common, o).await,
-            Cmd::Chaos(o) => chaos::run(&flags.common, o).await,
-            Cmd::Join(o) => join::run(&flags.common, o).await,
+        let command = async {
+            match &flags.command {
+                Cmd::Throughput(o) => throughput::run(&flags.common, o).await,
+                Cmd::Failover(o) => failover::run(&flags.common, o).await,
+                Cmd::Chaos(o) => chaos::run(&flags.common, o).await,
+                Cmd::Join(o) => join::run(&flags.common, o).await,
+            }
+        };
+        tokio::select! {
+            r = command => r.map(|()| None),
+            signal = interrupted() => Ok(Some(signal)),
         }
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(Some(signal)) => {
+            eprintln!("baton-bench: interrupted by {signal}; servers stopped");
+            std::process::ExitCode::from(130)
+        }
+        Ok(None) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("baton-bench: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM, naming it.
+async fn interrupted() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
     }
 }
