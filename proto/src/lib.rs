@@ -7,6 +7,7 @@ pub mod v1 {
 }
 
 pub mod limits;
+pub mod ports;
 pub mod tls;
 
 /// The encoded `FileDescriptorSet` of `baton.proto` and `replication.proto`, for gRPC server reflection.

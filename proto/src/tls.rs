@@ -189,16 +189,23 @@ pub fn explain(status: &tonic::Status, tls: bool) -> String {
     }
 }
 
+const UNTRUSTED: &str = "the server's certificate is not signed by the CA given with --tls-ca";
+const WRONG_NAME: &str = "the server's certificate does not name the address dialled";
+const OUT_OF_DATE: &str = "the server's certificate is outside its validity period";
+const PLAIN_SERVER: &str = "the server does not speak TLS: it serves plain text";
+const TLS_SERVER: &str = "if the server serves TLS, pass --tls-ca";
+const HINTS: [&str; 5] = [UNTRUSTED, WRONG_NAME, OUT_OF_DATE, PLAIN_SERVER, TLS_SERVER];
+
 /// What to do about a TLS failure, recognised by rustls' words for it (None: not a TLS failure).
 pub fn tls_hint(text: &str, tls: bool) -> Option<&'static str> {
     if text.contains("UnknownIssuer") || text.contains("BadSignature") {
-        Some("the server's certificate is not signed by the CA given with --tls-ca")
+        Some(UNTRUSTED)
     } else if text.contains("NotValidForName") || text.contains("not valid for name") {
-        Some("the server's certificate does not name the address dialled")
+        Some(WRONG_NAME)
     } else if text.contains("Expired") || text.contains("NotValidYet") {
-        Some("the server's certificate is outside its validity period")
+        Some(OUT_OF_DATE)
     } else if tls && text.contains("InvalidContentType") {
-        Some("the server does not speak TLS: it serves plain text")
+        Some(PLAIN_SERVER)
     } else if !tls
         && [
             "connection closed",
@@ -211,10 +218,25 @@ pub fn tls_hint(text: &str, tls: bool) -> Option<&'static str> {
     {
         // A TLS server answers a plain-text client with an alert (read as a malformed HTTP/2 frame)
         // or by hanging up.
-        Some("if the server serves TLS, pass --tls-ca")
+        Some(TLS_SERVER)
     } else {
         None
     }
+}
+
+/// An explained error (`explain`'s text) split into the error and the hint it ends with, if any, so a
+/// narrow display can show the hint first.
+pub fn split_hint(text: &str) -> (&str, Option<&'static str>) {
+    for hint in HINTS {
+        if let Some(rest) = text
+            .strip_suffix(')')
+            .and_then(|t| t.strip_suffix(hint))
+            .and_then(|t| t.strip_suffix(" ("))
+        {
+            return (rest, Some(hint));
+        }
+    }
+    (text, None)
 }
 
 /// An error and its causes on one line (`a: b: c`), skipping causes that repeat their parent's text.
@@ -301,6 +323,14 @@ mod tests {
             explain(&s, false),
             "h2 protocol error: http2 error: frame with invalid size (if the server serves TLS, pass --tls-ca)"
         );
+        assert_eq!(
+            split_hint(&explain(&s, false)),
+            (
+                "h2 protocol error: http2 error: frame with invalid size",
+                Some("if the server serves TLS, pass --tls-ca")
+            )
+        );
+        assert_eq!(split_hint("refused (maybe)"), ("refused (maybe)", None));
         assert_eq!(explain(&tonic::Status::unavailable("a\nb"), false), "a");
         assert_eq!(
             explain(&tonic::Status::unavailable(""), false),

@@ -695,7 +695,9 @@ mod tests {
 
         // Sent before a pause longer than the replica timeout, read after it.
         let rep = follower();
-        let long_ago = now.checked_sub(timeout + Duration::from_millis(500)).unwrap();
+        let long_ago = now
+            .checked_sub(timeout + Duration::from_millis(500))
+            .unwrap();
         rep.note_leader_answer(&mut rep.state(), &answer(true, 0), long_ago);
         assert!(!electable(&rep));
 

@@ -36,11 +36,7 @@ pub struct Cluster {
 
 /// A free loopback port (bound and released; the server binds it again at once).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("binding a free port")
-        .local_addr()
-        .expect("local address")
-        .port()
+    baton_proto::ports::free_loopback_port().expect("a free loopback port")
 }
 
 fn real(port: u16) -> SocketAddr {

@@ -15,9 +15,10 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Listens on a free loopback port and forwards to `target`.
+    /// Listens on a free loopback port (never one handed out to a server) and forwards to `target`.
     pub async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let port = baton_proto::ports::free_loopback_port().expect("a free loopback port");
+        let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("binding the proxy");
         let addr = listener.local_addr().expect("proxy address");

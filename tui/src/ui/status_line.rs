@@ -35,6 +35,11 @@ pub fn connection(app: &App) -> (String, bool) {
                 })
                 .unwrap_or(&error);
             let mut s = format!("○ no server reachable · attempt {}", c.reconnect_attempts);
+            // What to do comes before the error's details, which a narrow terminal cuts off.
+            let (error, hint) = baton_proto::tls::split_hint(error);
+            if let Some(hint) = hint {
+                s.push_str(&format!(" · {hint}"));
+            }
             if !error.is_empty() {
                 s.push_str(&format!(" · {error}"));
             }

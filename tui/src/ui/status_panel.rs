@@ -48,10 +48,17 @@ pub fn lines(app: &App) -> Vec<Line<'static>> {
         row("Reconnects", c.reconnect_attempts.to_string()),
     ];
     if !c.last_error.is_empty() {
-        out.push(Line::from(vec![
-            Span::styled(format!("{:<11}", "Error"), style::dim()),
-            Span::styled(sanitize_line(&c.last_error), style::error()),
-        ]));
+        // Its hint first, then the details: lines wider than the panel are cut.
+        let error = sanitize_line(&c.last_error);
+        let (error, hint) = baton_proto::tls::split_hint(&error);
+        let mut label = "Error";
+        for text in hint.into_iter().chain(Some(error)) {
+            out.push(Line::from(vec![
+                Span::styled(format!("{label:<11}"), style::dim()),
+                Span::styled(text.to_string(), style::error()),
+            ]));
+            label = "";
+        }
     }
     out.push(Line::raw(""));
     out.push(Line::styled("Members", style::title()));

@@ -1147,6 +1147,24 @@ fn status_line_during_an_outage() {
     insta::assert_snapshot!(s);
 }
 
+/// A TLS mismatch's hint is what a person needs: on an 80-column terminal the status line shows it
+/// before the error's details are cut, and the F2 panel gives it a row of its own.
+#[test]
+fn the_tls_hint_survives_a_narrow_terminal() {
+    let mut app = signed_in(80, 24);
+    let mut view = unreachable();
+    view.last_error = "no server reachable (127.0.0.1:7301: h2 protocol error: http2 error: frame \
+                       with invalid size (if the server serves TLS, pass --tls-ca))"
+        .into();
+    event(&mut app, ClientEvent::Cluster(view));
+    let s = screen(&app);
+    let status = s.lines().last().unwrap();
+    assert!(status.contains("pass --tls-ca"), "{status}");
+    press(&mut app, KeyCode::F(2));
+    let s = screen(&app);
+    assert!(s.contains("if the server serves TLS, pass --tls-ca"), "{s}");
+}
+
 #[test]
 fn key_releases_are_ignored() {
     let mut app = signed_in(80, 24);

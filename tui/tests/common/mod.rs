@@ -87,10 +87,7 @@ fn is_fresh(bin: &Path, workspace: &Path) -> bool {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+    baton_proto::ports::free_loopback_port().expect("a free loopback port")
 }
 
 pub struct Node {

@@ -68,10 +68,7 @@ pub struct Cluster {
 const CERT_NODES: u64 = 4;
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")
-        .context("finding a free loopback port")?
-        .local_addr()?
-        .port())
+    baton_proto::ports::free_loopback_port().context("finding a free loopback port")
 }
 
 fn loopback(port: u16) -> SocketAddr {

@@ -17,9 +17,10 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Listens on a free loopback port and relays to `target`.
+    /// Listens on a free loopback port (never one handed out to a server) and relays to `target`.
     pub async fn start(target: SocketAddr) -> Result<Proxy> {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let port = baton_proto::ports::free_loopback_port().context("finding a proxy port")?;
+        let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .context("binding a proxy port")?;
         let addr = listener.local_addr()?;
