@@ -71,6 +71,17 @@ impl Node {
     pub fn cluster_status(&self) -> pb::ClusterStatusResponse {
         let rep = &self.replication;
         let me = rep.status();
+        let my_electable = me.electable;
+        let leading = me.role == pb::Role::Leader as i32;
+        // Who is in sync: a leader knows it first hand (a new leader's replicated membership still holds
+        // its predecessor's flags until its own is written); a follower repeats the replicated membership.
+        let in_sync = |id: u64, info: Option<&pb::MemberInfo>| {
+            if leading {
+                id == self.id || me.followers.iter().any(|f| f.id == id && f.in_sync)
+            } else {
+                info.is_some_and(|m| m.in_sync)
+            }
+        };
         let (_, my_seq) = rep.applied();
         let answers = self.peers.all();
         let fresh_within = rep.settings.election_timeout;
@@ -104,15 +115,16 @@ impl Node {
                         applied_seq: my_seq,
                         applied_epoch: me.applied_epoch,
                         lag: leader_seq.saturating_sub(my_seq),
-                        in_sync: info.is_some_and(|m| m.in_sync),
+                        in_sync: in_sync(id, info),
                         last_seen_ms_ago: 0,
+                        electable: my_electable,
                     };
                 }
                 let answer = answers
                     .iter()
                     .filter(|(_, s, _)| s.id == id)
                     .max_by_key(|(_, _, at)| *at);
-                let (role, up, seq, epoch, ago) = match answer {
+                let (role, up, seq, epoch, ago, electable) = match answer {
                     // A member that stopped answering has no role we can vouch for.
                     Some((_, s, at)) if at.elapsed() < fresh_within => (
                         s.role,
@@ -120,6 +132,7 @@ impl Node {
                         s.applied_seq,
                         s.applied_epoch,
                         at.elapsed().as_millis() as u64,
+                        s.electable,
                     ),
                     Some((_, s, at)) => (
                         pb::Role::Unspecified as i32,
@@ -127,8 +140,9 @@ impl Node {
                         s.applied_seq,
                         s.applied_epoch,
                         at.elapsed().as_millis() as u64,
+                        false,
                     ),
-                    None => (pb::Role::Unspecified as i32, false, 0, 0, 0),
+                    None => (pb::Role::Unspecified as i32, false, 0, 0, 0, false),
                 };
                 pb::Member {
                     id,
@@ -138,8 +152,9 @@ impl Node {
                     applied_seq: seq,
                     applied_epoch: epoch,
                     lag: leader_seq.saturating_sub(seq),
-                    in_sync: info.is_some_and(|m| m.in_sync),
+                    in_sync: in_sync(id, info),
                     last_seen_ms_ago: ago,
+                    electable,
                 }
             })
             .collect();

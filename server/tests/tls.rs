@@ -260,6 +260,8 @@ async fn health_reports_the_leader_serving_and_follows_a_failover() {
     let started = Instant::now();
     let mut cluster = Cluster::start(3, &[]).await;
     let leader = cluster.wait_leader(ELECT).await;
+    // The followers must be able to take over before the leader is killed below.
+    cluster.wait_in_sync(ELECT).await;
     wait_health_matches(&mut cluster, leader).await;
     for id in cluster.ids() {
         for service in ["", "baton.v1.Replication"] {

@@ -589,8 +589,14 @@ mod tests {
         first.await.unwrap();
         second.await.unwrap();
 
-        // From the database: callers hear back once the batch is committed, maybe before the in-memory
-        // copy is updated.
+        // In memory (a local write's caller hears back once the node's state has taken it) and on disk.
+        let in_memory: Vec<(i64, bool)> = rep
+            .state()
+            .members
+            .iter()
+            .map(|m| (m.id, m.in_sync))
+            .collect();
+        assert_eq!(in_memory, vec![(1, true), (2, false)]);
         let mut conn = store::open_writer(&db, crate::config::SyncMode::Normal).unwrap();
         let ids: Vec<(i64, bool)> = store::apply::read_members(&mut conn)
             .unwrap()

@@ -582,7 +582,13 @@ impl CommitSink for Arc<Replication> {
             if let Notification::Members(members) = note {
                 st.members = members.clone();
                 if st.role == Role::Follower {
+                    let was = st.electable;
                     st.electable = members.iter().any(|m| m.id as u64 == self.id && m.in_sync);
+                    if st.electable && !was {
+                        // Ask the leader now rather than at the next heartbeat: its answer is what makes
+                        // this node a candidate should the leader die (the in-sync lease).
+                        self.probe_now.notify_waiters();
+                    }
                 }
             }
         }

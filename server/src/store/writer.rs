@@ -37,23 +37,26 @@ pub trait CommitSink: Send + 'static {
     fn committed(&self, updates: Vec<Update>, notes: Vec<Notification>, done: Done);
 }
 
-/// The callers of one committed batch, to be answered once: those that asked only for a local commit
-/// (`Writer::write_local`) hear back at once, the others when replication says so.
+/// The callers of one committed batch that wait for replication, to be answered once, when it says so.
+/// (Those that asked only for a local commit, `Writer::write_local`, hear back as soon as the sink has
+/// taken the batch, so they find its effects in the node's in-memory state too.)
 pub struct Done {
     acked: Vec<Finish>,
 }
 
 impl Done {
-    fn new(finishers: Vec<(Finish, bool)>) -> Done {
+    /// Splits the batch's callers: the replicated ones (kept) and the local ones (returned).
+    fn new(finishers: Vec<(Finish, bool)>) -> (Done, Vec<Finish>) {
         let mut acked = Vec::with_capacity(finishers.len());
-        for (finish, local) in finishers {
-            if local {
-                finish(Ok(()));
+        let mut local = Vec::new();
+        for (finish, is_local) in finishers {
+            if is_local {
+                local.push(finish);
             } else {
                 acked.push(finish);
             }
         }
-        Done { acked }
+        (Done { acked }, local)
     }
 
     pub fn succeed(self) {
@@ -438,7 +441,11 @@ fn run(
                     seq = state.seq,
                     "batch committed"
                 );
-                sink.committed(batch.updates, batch.notes, Done::new(finishers));
+                let (done, local) = Done::new(finishers);
+                sink.committed(batch.updates, batch.notes, done);
+                for finish in local {
+                    finish(Ok(()));
+                }
             }
             Err(e) if !shipped => {
                 tracing::error!(error = %e, "batch failed to commit");

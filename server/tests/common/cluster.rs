@@ -294,18 +294,27 @@ impl Cluster {
         }
     }
 
-    /// Waits until the leader reports every live node in sync with no lag.
+    /// Waits until the leader reports every live node in sync with no lag, and every live follower could
+    /// take over (it holds its in-sync lease): only then may a test kill the leader and expect a successor.
     pub async fn wait_in_sync(&mut self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
             let leader = self.wait_leader(within).await;
             let live = self.live_ids();
             if let Some(s) = self.status(leader).await {
-                let ok = live.iter().all(|id| {
+                let mut ok = live.iter().all(|id| {
                     s.members
                         .iter()
                         .any(|m| m.id == *id && m.in_sync && m.up && m.lag == 0)
                 });
+                for &id in &live {
+                    if ok && id != leader {
+                        ok = self
+                            .status(id)
+                            .await
+                            .is_some_and(|f| f.members.iter().any(|m| m.id == id && m.electable));
+                    }
+                }
                 if ok {
                     return;
                 }

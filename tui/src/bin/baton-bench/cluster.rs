@@ -477,8 +477,9 @@ impl Cluster {
         }
     }
 
-    /// Waits until the leader reports every running member up and in sync (its writes wait for their
-    /// acknowledgements). Under load a lag of a batch or two in flight is normal, so lag is not asked.
+    /// Waits until the leader reports every running member up, in sync (its writes wait for their
+    /// acknowledgements) and able to take over. Under load a lag of a batch or two in flight is normal,
+    /// so lag is not asked.
     pub async fn wait_in_sync(&mut self, limit: Duration) -> Result<u64> {
         let deadline = Instant::now() + limit;
         loop {
@@ -488,7 +489,10 @@ impl Cluster {
             let live = self.live_ids();
             if let Some(s) = self.status(leader).await
                 && live.iter().all(|id| {
-                    *id == leader || s.members.iter().any(|m| m.id == *id && m.up && m.in_sync)
+                    *id == leader
+                        || s.members
+                            .iter()
+                            .any(|m| m.id == *id && m.up && m.in_sync && m.electable)
                 })
             {
                 return Ok(leader);
