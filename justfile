@@ -41,9 +41,12 @@ demo-tls-check:
     DEMO_TLS=1 assets/demo.sh check
 
 # The load and fault tool, optimised, e.g. `just bench failover --kills 50` (BENCHMARKS.md lists the runs).
+# The server is built first: the tool starts the `baton-server` next to it, which must not be stale.
 bench *ARGS:
+    cargo build --release -p baton-server
     cargo run --release -p baton --bin baton-bench -- {{ARGS}}
 
 # The 60-second chaos run CI does: kills, restarts and partitions under load, then every replica checked.
 chaos-check:
+    cargo build -p baton-server
     cargo run -p baton --bin baton-bench -- chaos --duration 60 --seed 1

@@ -487,7 +487,8 @@ impl Cluster {
                 .wait_leader(deadline.saturating_duration_since(Instant::now()))
                 .await?;
             let live = self.live_ids();
-            if let Some(s) = self.status(leader).await
+            let status = self.status(leader).await;
+            if let Some(s) = &status
                 && live.iter().all(|id| {
                     *id == leader
                         || s.members
@@ -498,7 +499,20 @@ impl Cluster {
                 return Ok(leader);
             }
             if Instant::now() >= deadline {
-                bail!("the followers were not all in sync within {limit:?}");
+                let seen: Vec<String> = status
+                    .iter()
+                    .flat_map(|s| &s.members)
+                    .map(|m| {
+                        format!(
+                            "node {}: up {}, in sync {}, could take over {}",
+                            m.id, m.up, m.in_sync, m.electable
+                        )
+                    })
+                    .collect();
+                bail!(
+                    "the followers were not all in sync within {limit:?} (leader {leader} says: {})",
+                    seen.join("; ")
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
