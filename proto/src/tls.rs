@@ -210,6 +210,7 @@ pub fn tls_hint(text: &str, tls: bool) -> Option<&'static str> {
         && [
             "connection closed",
             "connection reset",
+            "broken pipe",
             "frame with invalid size",
             "h2 protocol error",
         ]
@@ -224,19 +225,17 @@ pub fn tls_hint(text: &str, tls: bool) -> Option<&'static str> {
     }
 }
 
-/// An explained error (`explain`'s text) split into the error and the hint it ends with, if any, so a
-/// narrow display can show the hint first.
-pub fn split_hint(text: &str) -> (&str, Option<&'static str>) {
+/// An explained error (`explain`'s text, maybe inside another message) split into the error without its
+/// hint and the hint, if any, so a narrow display can show the hint first.
+pub fn split_hint(text: &str) -> (String, Option<&'static str>) {
     for hint in HINTS {
-        if let Some(rest) = text
-            .strip_suffix(')')
-            .and_then(|t| t.strip_suffix(hint))
-            .and_then(|t| t.strip_suffix(" ("))
-        {
+        let wrapped = format!(" ({hint})");
+        if let Some(at) = text.find(&wrapped) {
+            let rest = format!("{}{}", &text[..at], &text[at + wrapped.len()..]);
             return (rest, Some(hint));
         }
     }
-    (text, None)
+    (text.to_string(), None)
 }
 
 /// An error and its causes on one line (`a: b: c`), skipping causes that repeat their parent's text.
@@ -326,11 +325,26 @@ mod tests {
         assert_eq!(
             split_hint(&explain(&s, false)),
             (
-                "h2 protocol error: http2 error: frame with invalid size",
+                "h2 protocol error: http2 error: frame with invalid size".to_string(),
                 Some("if the server serves TLS, pass --tls-ca")
             )
         );
-        assert_eq!(split_hint("refused (maybe)"), ("refused (maybe)", None));
+        // Inside another message, as the client's "no server reachable (...)" wraps it.
+        assert_eq!(
+            split_hint(&format!("no server reachable ({})", explain(&s, false))),
+            (
+                "no server reachable (h2 protocol error: http2 error: frame with invalid size)"
+                    .to_string(),
+                Some("if the server serves TLS, pass --tls-ca")
+            )
+        );
+        assert_eq!(
+            split_hint("refused (maybe)"),
+            ("refused (maybe)".to_string(), None)
+        );
+        let s =
+            tonic::Status::unavailable("connection error: stream closed because of a broken pipe");
+        assert!(explain(&s, false).contains("pass --tls-ca"));
         assert_eq!(explain(&tonic::Status::unavailable("a\nb"), false), "a");
         assert_eq!(
             explain(&tonic::Status::unavailable(""), false),

@@ -817,3 +817,134 @@ async fn isolating_the_leader_elects_another_and_healing_leaves_one_leader() {
     cluster.wait_converged(CONVERGE).await;
     assert_all_present(&mut cluster, &alice, &acked).await;
 }
+
+/// A leader paused (SIGSTOP) long enough for the others to elect a successor, then resumed, acknowledges
+/// nothing that is lost. With `--min-replicas 1` it cannot acknowledge alone: its followers refuse it (and
+/// one that names the newer epoch makes it step down at once). With the default 0, a pause is a partition
+/// and the README's caveat applies: writes it acknowledges alone before stepping down can be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_acknowledges_nothing_that_is_lost() {
+    let mut cluster = Cluster::start(3, &["--min-replicas", "1"]).await;
+    let old = cluster.wait_leader(ELECT).await;
+    let (alice, _) = accounts(&mut cluster).await;
+    send_n(&mut cluster, &alice, "a", 5).await;
+    cluster.wait_in_sync(ELECT).await;
+
+    // One writer talks to the old leader only, without pause, and records what it is told.
+    let mut c = cluster.client(old).await;
+    let token = alice.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let mut i = 0;
+        while !*stop_rx.borrow() {
+            i += 1;
+            let body = format!("paused {i}");
+            let sent = c
+                .send_message(authed(
+                    pb::SendMessageRequest {
+                        recipient: "bob".into(),
+                        body: body.clone(),
+                        client_message_id: format!("p-{i}"),
+                    },
+                    &token,
+                ))
+                .await;
+            match sent {
+                Ok(_) => acked.push(body),
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        acked
+    });
+    send_n(&mut cluster, &alice, "b", 1).await;
+
+    let pid = cluster.node(old).pid().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    signal("-STOP");
+    // The other two elect a successor and take writes.
+    let deadline = Instant::now() + ELECT;
+    let new = loop {
+        let mut leaders = Vec::new();
+        for id in cluster.ids() {
+            if id != old
+                && let Some(s) = cluster.status(id).await
+                && s.role == pb::Role::Leader as i32
+            {
+                leaders.push(id);
+            }
+        }
+        if let [one] = leaders[..] {
+            break one;
+        }
+        assert!(Instant::now() < deadline, "no successor was elected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // With --min-replicas 1 it takes writes once the third node follows it.
+    let third = cluster
+        .ids()
+        .into_iter()
+        .find(|&id| id != old && id != new)
+        .unwrap();
+    let deadline = Instant::now() + ELECT;
+    while !cluster
+        .status(new)
+        .await
+        .is_some_and(|s| s.members.iter().any(|m| m.id == third && m.in_sync))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node {third} never followed {new}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut n = cluster.client(new).await;
+    for i in 0..3 {
+        n.send_message(authed(
+            pb::SendMessageRequest {
+                recipient: "bob".into(),
+                body: format!("new {i}"),
+                client_message_id: format!("n-{i}"),
+            },
+            &alice,
+        ))
+        .await
+        .expect("the successor takes writes");
+    }
+    signal("-CONT");
+    let deadline = Instant::now() + ELECT;
+    loop {
+        if let Some(s) = cluster.status(old).await
+            && s.role != pb::Role::Leader as i32
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old leader never stepped down"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_tx.send(true).unwrap();
+    let acked = writer.await.unwrap();
+    cluster.wait_converged(CONVERGE).await;
+    let (_, mut c) = cluster.leader_client(ELECT).await;
+    let stored: Vec<String> = history(&mut c, &alice, "bob")
+        .await
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    for body in &acked {
+        assert!(
+            stored.contains(body),
+            "{body:?} was acknowledged by the paused leader but is lost\n{}",
+            cluster.logs()
+        );
+    }
+}

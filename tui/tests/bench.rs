@@ -124,9 +124,16 @@ fn processes_in(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// Ctrl-C in the middle of a run stops the servers it started and removes their temporary data directory.
+/// Ctrl-C in the middle of a run, or the terminal closing (SIGHUP), stops the servers it started and
+/// removes their temporary data directory; the exit code is 128 + the signal's number.
 #[test]
 fn an_interrupted_run_stops_its_servers_and_removes_its_data() {
+    for (signal, code) in [(libc::SIGINT, 130), (libc::SIGHUP, 129)] {
+        interrupt_a_run(signal, code);
+    }
+}
+
+fn interrupt_a_run(signal: i32, code: i32) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_baton-bench"))
         .arg("--server-bin")
         .arg(common::server_binary())
@@ -162,7 +169,7 @@ fn an_interrupted_run_stops_its_servers_and_removes_its_data() {
     assert_eq!(processes_in(&dir).len(), 3, "three servers run in {dir:?}");
 
     // SAFETY: a plain signal to the child we started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(child.id() as i32, signal) };
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -170,11 +177,11 @@ fn an_interrupted_run_stops_its_servers_and_removes_its_data() {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("baton-bench still running 30 s after SIGINT");
+            panic!("baton-bench still running 30 s after signal {signal}");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(status.code(), Some(130), "{status}");
+    assert_eq!(status.code(), Some(code), "{status}");
     assert!(!dir.exists(), "{dir:?} was left behind");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !processes_in(&dir).is_empty() {

@@ -433,7 +433,7 @@ async fn become_leader(node: &Arc<Node>, epoch: u64) {
     }
 }
 
-async fn step_down(node: &Arc<Node>, seen_epoch: u64) {
+pub(super) async fn step_down(node: &Arc<Node>, seen_epoch: u64) {
     let rep = &node.replication;
     rep.leader_epoch
         .store(0, std::sync::atomic::Ordering::SeqCst);

@@ -236,9 +236,36 @@ pub type AckStream = ReceiverStream<Result<pb::UpdateAck, Status>>;
 type Applying = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u64, u64)>> + Send>>;
 
 /// A refused batch, as the status that ends the stream.
+/// The refusal of a batch from an epoch older than one this node has seen; the leader that sent it reads
+/// it back with [`parse_stale_epoch`] and steps down.
+fn stale_epoch(stale: u64, seen: u64) -> String {
+    format!("stale epoch {stale}: this node has seen epoch {seen}")
+}
+
+/// `(stale, seen)` from a [`stale_epoch`] refusal.
+pub fn parse_stale_epoch(message: &str) -> Option<(u64, u64)> {
+    let rest = message.strip_prefix("stale epoch ")?;
+    let (stale, seen) = rest.split_once(": this node has seen epoch ")?;
+    Some((stale.parse().ok()?, seen.parse().ok()?))
+}
+
 fn refusal(e: Error) -> Status {
     tracing::warn!(error = %e, "refused a batch of updates");
     e.into()
+}
+
+/// This node refuses a batch of the leader whose in-sync lease it holds: that leader drops it at once (not
+/// after the replica timeout), so the lease ends here too. (A follower that turned candidate after a pause
+/// refuses its live leader's batches; without this it would still stand with the lease it had.)
+fn refusing_own_leader(node: &Node, leader_id: u64, epoch: u64) {
+    let mut st = node.replication.state();
+    if st.leader_id == leader_id && st.epoch == epoch && st.in_sync_until.take().is_some() {
+        tracing::info!(
+            leader = leader_id,
+            epoch,
+            "refusing the leader's batches ends this node's in-sync lease"
+        );
+    }
 }
 
 /// Handles `AcceptUpdates`: batches are applied in order, pipelined through the writer (which merges those
@@ -247,6 +274,7 @@ pub fn accept(node: Arc<Node>, mut batches: Streaming<pb::UpdateBatch>) -> AckSt
     let (tx, rx) = mpsc::channel(16);
     let (work_tx, mut work_rx) = mpsc::channel::<Applying>(16);
     let acks = tx.clone();
+    let apply_node = node.clone();
     tokio::spawn(async move {
         while let Some(job) = work_rx.recv().await {
             let ack = match job.await {
@@ -256,6 +284,8 @@ pub fn accept(node: Arc<Node>, mut batches: Streaming<pb::UpdateBatch>) -> AckSt
                     error: String::new(),
                 },
                 Err(e) => {
+                    // Whichever leader sent it drops this node now.
+                    apply_node.replication.state().in_sync_until = None;
                     let _ = acks.send(Err(refusal(e))).await;
                     return;
                 }
@@ -284,6 +314,7 @@ pub fn accept(node: Arc<Node>, mut batches: Streaming<pb::UpdateBatch>) -> AckSt
                 Err(e) => Err(e),
             };
             if let Err(e) = checked {
+                refusing_own_leader(&node, batch.leader_id, batch.epoch);
                 let _ = tx.send(Err(refusal(e))).await;
                 break;
             }
@@ -328,9 +359,9 @@ async fn admit(node: &Arc<Node>, batch: &pb::UpdateBatch, first: bool) -> Result
         {
             let mut st = rep.state();
             if batch.epoch < st.promised_epoch {
-                return Err(Error::FailedPrecondition(format!(
-                    "stale epoch {}: this node has seen epoch {}",
-                    batch.epoch, st.promised_epoch
+                return Err(Error::FailedPrecondition(stale_epoch(
+                    batch.epoch,
+                    st.promised_epoch,
                 )));
             }
             let following = st.role == Role::Follower
@@ -359,4 +390,22 @@ fn not_registered(id: u64, batch: &pb::UpdateBatch) -> Error {
         "node {id} is not registered with leader {} of epoch {}",
         batch.leader_id, batch.epoch
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stale_epoch_refusal_reads_back() {
+        assert_eq!(
+            parse_stale_epoch(&stale_epoch(1001, 2003)),
+            Some((1001, 2003))
+        );
+        assert_eq!(
+            parse_stale_epoch("stale epoch x: this node has seen epoch 2"),
+            None
+        );
+        assert_eq!(parse_stale_epoch("node 3 is not registered"), None);
+    }
 }

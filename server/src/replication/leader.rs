@@ -397,6 +397,15 @@ async fn replicate(
             .unwrap_or_else(|| last_send + rep.settings.heartbeat);
         tokio::select! {
             ack = acks.message() => {
+                if let Err(s) = &ack
+                    && let Some(seen) = superseded_by(s, epoch)
+                    && rep.leader_epoch.load(Ordering::SeqCst) == epoch
+                {
+                    // A newer leader exists: stop now, failing what waits for acknowledgement, rather
+                    // than drop this follower and acknowledge those writes with fewer replicas.
+                    tracing::warn!(follower = fid, seen, "a follower has seen a newer epoch");
+                    super::driver::step_down(node, seen).await;
+                }
                 let ack = ack
                     .map_err(|s| Error::Unavailable(format!("follower {fid}: {}", s.message())))?
                     .ok_or_else(|| Error::Unavailable(format!("follower {fid} closed the stream")))?;
@@ -420,6 +429,15 @@ async fn replicate(
             }
         }
     }
+}
+
+/// The newer epoch a follower's refusal names, if it refused this leader's `epoch` as stale.
+fn superseded_by(status: &Status, epoch: u64) -> Option<u64> {
+    if status.code() != tonic::Code::FailedPrecondition {
+        return None;
+    }
+    let (stale, seen) = super::follower::parse_stale_epoch(status.message())?;
+    (stale == epoch && seen > epoch).then_some(seen)
 }
 
 /// Records when the follower's oldest unacknowledged batch was sent, for its heartbeat answers.

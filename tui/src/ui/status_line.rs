@@ -37,6 +37,7 @@ pub fn connection(app: &App) -> (String, bool) {
             let mut s = format!("○ no server reachable · attempt {}", c.reconnect_attempts);
             // What to do comes before the error's details, which a narrow terminal cuts off.
             let (error, hint) = baton_proto::tls::split_hint(error);
+            let error = error.as_str();
             if let Some(hint) = hint {
                 s.push_str(&format!(" · {hint}"));
             }

@@ -12,7 +12,7 @@ use crate::app::App;
 use crate::client::Role;
 use crate::sanitize::sanitize_line;
 use crate::timefmt;
-use crate::wrap::truncate;
+use crate::wrap::{truncate, wrap};
 
 fn row(label: &str, value: String) -> Line<'static> {
     Line::from(vec![
@@ -21,7 +21,8 @@ fn row(label: &str, value: String) -> Line<'static> {
     ])
 }
 
-pub fn lines(app: &App) -> Vec<Line<'static>> {
+/// The panel's lines for a panel `width` columns wide (the error is wrapped; other long lines are cut).
+pub fn lines(app: &App, width: usize) -> Vec<Line<'static>> {
     let c = &app.cluster;
     let mut out = vec![
         row(
@@ -48,16 +49,18 @@ pub fn lines(app: &App) -> Vec<Line<'static>> {
         row("Reconnects", c.reconnect_attempts.to_string()),
     ];
     if !c.last_error.is_empty() {
-        // Its hint first, then the details: lines wider than the panel are cut.
+        // Its hint first, then the details, wrapped: what to do must not be cut off.
         let error = sanitize_line(&c.last_error);
         let (error, hint) = baton_proto::tls::split_hint(&error);
         let mut label = "Error";
-        for text in hint.into_iter().chain(Some(error)) {
-            out.push(Line::from(vec![
-                Span::styled(format!("{label:<11}"), style::dim()),
-                Span::styled(text.to_string(), style::error()),
-            ]));
-            label = "";
+        for text in hint.into_iter().chain(Some(error.as_str())) {
+            for row in wrap(text, width.saturating_sub(11).max(8)) {
+                out.push(Line::from(vec![
+                    Span::styled(format!("{label:<11}"), style::dim()),
+                    Span::styled(row, style::error()),
+                ]));
+                label = "";
+            }
         }
     }
     out.push(Line::raw(""));
@@ -117,7 +120,7 @@ pub fn render(app: &App, f: &mut Frame, area: Rect) {
     let inner = block.inner(area);
     f.render_widget(block, area);
     let w = inner.width as usize;
-    let shown: Vec<Line> = lines(app)
+    let shown: Vec<Line> = lines(app, w)
         .into_iter()
         .map(|l| {
             if l.width() > w {

@@ -1162,7 +1162,16 @@ fn the_tls_hint_survives_a_narrow_terminal() {
     assert!(status.contains("pass --tls-ca"), "{status}");
     press(&mut app, KeyCode::F(2));
     let s = screen(&app);
-    assert!(s.contains("if the server serves TLS, pass --tls-ca"), "{s}");
+    // Wrapped in the panel's column, before the error's details.
+    let hint_at = s
+        .find("Error      if the server")
+        .expect("the hint starts the Error rows");
+    let details_at = s.find("no server reachable│").expect("then the details");
+    assert!(hint_at < details_at, "{s}");
+    assert!(
+        s.contains("serves TLS, pass") && s.contains("--tls-ca   "),
+        "{s}"
+    );
 }
 
 #[test]

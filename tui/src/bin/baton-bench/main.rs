@@ -198,9 +198,9 @@ fn main() -> std::process::ExitCode {
         }
     });
     match result {
-        Ok(Some(signal)) => {
-            eprintln!("baton-bench: interrupted by {signal}; servers stopped");
-            std::process::ExitCode::from(130)
+        Ok(Some((signal, number))) => {
+            eprintln!("baton-bench: interrupted by {signal}; any servers it started are stopped");
+            std::process::ExitCode::from(128 + number)
         }
         Ok(None) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -210,17 +210,26 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM, naming it.
-async fn interrupted() -> &'static str {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(t) => t,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
+/// Resolves on SIGINT (Ctrl-C), SIGTERM, SIGHUP (the terminal closed) or SIGQUIT, with its name and number.
+async fn interrupted() -> (&'static str, u8) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind: SignalKind| signal(kind).ok();
+    let mut int = listen(SignalKind::interrupt());
+    let mut term = listen(SignalKind::terminate());
+    let mut hup = listen(SignalKind::hangup());
+    let mut quit = listen(SignalKind::quit());
+    async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+        match s {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
         }
-    };
+    }
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
+        _ = next(&mut int) => ("SIGINT", 2),
+        _ = next(&mut term) => ("SIGTERM", 15),
+        _ = next(&mut hup) => ("SIGHUP", 1),
+        _ = next(&mut quit) => ("SIGQUIT", 3),
     }
 }
