@@ -72,7 +72,11 @@ pub fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
 }
 
 pub fn parse(text: &str) -> anyhow::Result<Config> {
-    Ok(toml::from_str(text)?)
+    let cfg: Config = toml::from_str(text)?;
+    for s in &cfg.servers {
+        baton_proto::host_port(s).map_err(|e| anyhow::anyhow!("servers: {e}"))?;
+    }
+    Ok(cfg)
 }
 
 /// Flags win over the file; None when neither names a server: then baton runs a local cluster.
@@ -103,6 +107,8 @@ mod tests {
         assert_eq!(servers(&["b:2".into()], &cfg), Some(vec!["b:2".into()]));
         assert_eq!(servers(&[], &cfg), Some(vec!["a:1".into()]));
         assert_eq!(servers(&[], &Config::default()), None, "the local cluster");
+        let e = parse("servers = [\"127.0.0.1\"]").unwrap_err();
+        assert!(format!("{e:#}").contains("the port is missing"), "{e:#}");
         let cfg = parse("local_port_base = 7401").unwrap();
         assert_eq!(cfg.local_port_base, Some(7401));
         let cfg = parse("tls_ca = \"/etc/baton/ca.pem\"\nlocal_tls = true").unwrap();

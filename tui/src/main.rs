@@ -40,7 +40,7 @@ struct Flags {
     /// A cluster member to contact (repeat for each; any member will do, the client finds the leader).
     /// Default: the config file's `servers`, else a local three-server cluster that baton starts itself
     /// and stops when it exits.
-    #[arg(long = "server", value_name = "HOST:PORT")]
+    #[arg(long = "server", value_name = "HOST:PORT", value_parser = baton_proto::host_port)]
     servers: Vec<String>,
     /// The local cluster's data directory, kept between runs (default: <data dir>/baton/local-cluster).
     #[arg(long, value_name = "DIR", global = true)]
@@ -73,7 +73,7 @@ enum Sub {
     /// Creates an account and exits (for scripts; the client creates accounts with Ctrl-T).
     CreateAccount {
         /// A cluster member (repeat for each).
-        #[arg(long = "server", value_name = "HOST:PORT", required = true)]
+        #[arg(long = "server", value_name = "HOST:PORT", required = true, value_parser = baton_proto::host_port)]
         servers: Vec<String>,
         #[arg(long, value_name = "NAME")]
         user: String,

@@ -41,3 +41,30 @@ fn create_account_says_at_once_why_it_is_still_retrying() {
     assert!(line.contains("Connection refused"), "{line}");
     assert!(line.contains("retrying for up to 60s"), "{line}");
 }
+
+/// A server address without a port, or with one out of range, is refused at once (the transport would
+/// otherwise quietly dial port 80).
+#[test]
+fn server_addresses_without_a_valid_port_are_refused() {
+    let home = tempfile::tempdir().unwrap();
+    for (args, says) in [
+        (&["--server", "127.0.0.1"][..], "the port is missing"),
+        (&["--server", "127.0.0.1:99999"], "from 1 to 65535"),
+        (
+            &["create-account", "--server", "127.0.0.1", "--user", "carol"],
+            "the port is missing",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(args)
+            .env("BATON_PASSWORD", "carol-password")
+            .env("XDG_CONFIG_HOME", home.path().join("config"))
+            .env("XDG_CACHE_HOME", home.path().join("cache"))
+            .env("HOME", home.path())
+            .output()
+            .expect("running baton");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}

@@ -44,7 +44,12 @@ pub struct Common {
     json: bool,
     /// Target a running cluster (repeat for each member) instead of starting one (`throughput` only:
     /// the other commands kill servers, so they need their own).
-    #[arg(long = "server", value_name = "HOST:PORT", global = true)]
+    #[arg(
+        long = "server",
+        value_name = "HOST:PORT",
+        global = true,
+        value_parser = baton_proto::host_port
+    )]
     servers: Vec<String>,
     /// The `baton-server` to start (default: the one built next to this executable).
     #[arg(long, value_name = "PATH", global = true)]
