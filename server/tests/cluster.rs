@@ -75,6 +75,43 @@ async fn assert_all_present(cluster: &mut Cluster, token: &str, acked: &[u64]) {
     }
 }
 
+/// With `old` cut off or paused, waits until the other two agree on a leader among themselves, and until
+/// the third node is in sync with it (so that it takes writes under `--min-replicas 1`); returns it.
+async fn successor_of(cluster: &mut Cluster, old: u64) -> u64 {
+    let deadline = Instant::now() + ELECT;
+    let new = loop {
+        let mut leaders = Vec::new();
+        for id in cluster.ids() {
+            if id != old
+                && let Some(s) = cluster.status(id).await
+                && s.role == pb::Role::Leader as i32
+            {
+                leaders.push(id);
+            }
+        }
+        if let [one] = leaders[..] {
+            break one;
+        }
+        assert!(Instant::now() < deadline, "the others elected no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    loop {
+        let s = cluster.status(new).await;
+        if s.as_ref().is_some_and(|s| {
+            s.members
+                .iter()
+                .any(|m| m.id != new && m.id != old && m.in_sync)
+        }) {
+            return new;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no follower in sync with the new leader: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn leader_epoch(cluster: &Cluster, id: u64) -> u64 {
     cluster.status(id).await.expect("status").epoch
 }
@@ -730,44 +767,9 @@ async fn isolating_the_leader_elects_another_and_healing_leaves_one_leader() {
     cluster.wait_in_sync(ELECT).await;
 
     cluster.isolate(old);
-    // The other two elect among themselves.
-    let deadline = Instant::now() + ELECT;
-    let new = loop {
-        let mut leaders = Vec::new();
-        for id in cluster.ids() {
-            if id != old
-                && let Some(s) = cluster.status(id).await
-                && s.role == pb::Role::Leader as i32
-            {
-                leaders.push(id);
-            }
-        }
-        if let [one] = leaders[..] {
-            break one;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the majority side elected no leader"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_ne!(new, old);
-    // Once the third node follows the new leader, its writes are acknowledged (one follower in sync).
-    let deadline = Instant::now() + ELECT;
-    loop {
-        let s = cluster.status(new).await.unwrap();
-        if s.members
-            .iter()
-            .any(|m| m.id != new && m.id != old && m.in_sync)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no follower in sync with the new leader: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The other two elect among themselves; once the third node follows the new leader, its writes are
+    // acknowledged (one follower in sync).
+    let new = successor_of(&mut cluster, old).await;
     let mut c = cluster.client(new).await;
     for i in 0..10 {
         let m = c
@@ -868,42 +870,8 @@ async fn a_paused_leader_acknowledges_nothing_that_is_lost() {
         assert!(ok.success());
     };
     signal("-STOP");
-    // The other two elect a successor and take writes.
-    let deadline = Instant::now() + ELECT;
-    let new = loop {
-        let mut leaders = Vec::new();
-        for id in cluster.ids() {
-            if id != old
-                && let Some(s) = cluster.status(id).await
-                && s.role == pb::Role::Leader as i32
-            {
-                leaders.push(id);
-            }
-        }
-        if let [one] = leaders[..] {
-            break one;
-        }
-        assert!(Instant::now() < deadline, "no successor was elected");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    // With --min-replicas 1 it takes writes once the third node follows it.
-    let third = cluster
-        .ids()
-        .into_iter()
-        .find(|&id| id != old && id != new)
-        .unwrap();
-    let deadline = Instant::now() + ELECT;
-    while !cluster
-        .status(new)
-        .await
-        .is_some_and(|s| s.members.iter().any(|m| m.id == third && m.in_sync))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "node {third} never followed {new}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The other two elect a successor, which takes writes once the third node follows it.
+    let new = successor_of(&mut cluster, old).await;
     let mut n = cluster.client(new).await;
     for i in 0..3 {
         n.send_message(authed(
