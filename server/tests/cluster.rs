@@ -342,15 +342,7 @@ async fn a_follower_paused_past_the_replica_timeout_does_not_take_over_alone() {
     cluster.wait_in_sync(ELECT).await;
     // Node 3 stops answering (paused, not dead) long enough to be dropped from the in-sync set; writes
     // go on without it.
-    let pid = cluster.node(3).pid().to_string();
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    };
-    signal("-STOP");
+    cluster.node(3).signal("STOP");
     let deadline = Instant::now() + ELECT;
     loop {
         let s = cluster.status(1).await.unwrap();
@@ -367,7 +359,7 @@ async fn a_follower_paused_past_the_replica_timeout_does_not_take_over_alone() {
     // The two that hold those writes die; node 3 wakes up alone.
     cluster.kill(1);
     cluster.kill(2);
-    signal("-CONT");
+    cluster.node(3).signal("CONT");
     let watch_until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < watch_until {
         if let Some(s) = cluster.status(3).await {
@@ -861,15 +853,7 @@ async fn a_paused_leader_acknowledges_nothing_that_is_lost() {
     });
     send_n(&mut cluster, &alice, "b", 1).await;
 
-    let pid = cluster.node(old).pid().to_string();
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    };
-    signal("-STOP");
+    cluster.node(old).signal("STOP");
     // The other two elect a successor, which takes writes once the third node follows it.
     let new = successor_of(&mut cluster, old).await;
     let mut n = cluster.client(new).await;
@@ -885,7 +869,7 @@ async fn a_paused_leader_acknowledges_nothing_that_is_lost() {
         .await
         .expect("the successor takes writes");
     }
-    signal("-CONT");
+    cluster.node(old).signal("CONT");
     let deadline = Instant::now() + ELECT;
     loop {
         if let Some(s) = cluster.status(old).await

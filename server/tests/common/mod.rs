@@ -150,14 +150,19 @@ impl Server {
         child.wait().expect("waiting for the killed server")
     }
 
-    /// Asks the server to stop with SIGTERM and waits (with a deadline) for it to exit.
-    pub async fn terminate(&mut self) -> ExitStatus {
+    /// Sends the server a signal by name (`"STOP"`, `"CONT"`, `"TERM"`, …).
+    pub fn signal(&self, name: &str) {
         let pid = self.pid();
         let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([&format!("-{name}"), &pid.to_string()])
             .status()
-            .expect("running kill -TERM");
-        assert!(status.success(), "kill -TERM {pid} failed: {status}");
+            .unwrap_or_else(|e| panic!("running kill -{name}: {e}"));
+        assert!(status.success(), "kill -{name} {pid} failed: {status}");
+    }
+
+    /// Asks the server to stop with SIGTERM and waits (with a deadline) for it to exit.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
         let deadline = Instant::now() + STOP_DEADLINE;
         let child = self.child.as_mut().expect("server is not running");
         loop {
